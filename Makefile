@@ -1,0 +1,27 @@
+# The two commands of README.md: `make book` and `make test`. Both create and use .venv.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PROFILE ?= smoke
+
+.PHONY: book test run venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -e '.[dev]'
+	touch $@
+
+# Execute every notebook of $(PROFILE) with papermill, then build the HTML book.
+book: $(STAMP)
+	$(PY) -m cooplib.book all --profile $(PROFILE)
+
+# Unit tests, then nbval over the notebooks (their stored outputs are the smoke reference).
+test: $(STAMP)
+	$(PY) -m pytest
+
+clean:
+	rm -rf _build book/_executed runs

@@ -1,0 +1,124 @@
+"""RunConfig: everything that defines a run, validated on construction.
+
+One flat dataclass so that notebook parameters, config.json and the columns of
+`runs.load_runs` all use the same names. Defaults are the ONE paper's CIFAR recipe
+(REFERENCES.md): SGD Nesterov 0.9, lr 0.1 -> x0.1 at 50% and 75% of 300 epochs,
+batch 128, weight decay 1e-4 (the reference code's run scripts).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from .errors import ConfigError, suggest
+
+SCHEDULES = ("step", "cosine", "constant")
+PRECISIONS = ("auto", "bf16", "fp32")
+AUGMENTS = ("default", "none", "crop", "flip", "crop+flip")
+
+#: fields that do not change what a run computes (ignored when resuming / naming runs)
+COSMETIC = frozenset({"progress", "tensorboard"})
+
+
+@dataclass
+class RunConfig:
+    # what is trained
+    method: str = "baseline"
+    method_args: dict = field(default_factory=dict)
+    model: str = "resnet32"
+    dataset: str = "cifar100"
+    dataset_args: dict = field(default_factory=dict)  # e.g. {"extra": True} for svhn
+    data_root: str | None = None  # None: $COOPLIB_DATA or ~/.cache/cooplib/data
+    download: bool = False
+    train_size: int | None = None  # class-stratified subset; None = all
+    test_size: int | None = None
+    augment: str = "default"  # the dataset's paper default, or none/crop/flip/crop+flip
+    # how it is trained
+    epochs: int = 300
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 1e-4
+    schedule: str = "step"
+    milestones: tuple[float, ...] = (0.5, 0.75)  # fractions of `epochs` where lr *= gamma
+    gamma: float = 0.1
+    seed: int = 0
+    # where and how fast
+    device: str = "auto"  # auto = cuda if available else cpu
+    precision: str = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU
+    channels_last: bool | None = None  # None = on for CUDA
+    compile: bool = False
+    deterministic: bool = False
+    progress: bool = True
+    tensorboard: bool = True
+
+    def __post_init__(self) -> None:
+        self.milestones = tuple(float(m) for m in self.milestones)
+        self._check()
+
+    def _check(self) -> None:
+        def need(cond: bool, msg: str) -> None:
+            if not cond:
+                raise ConfigError(msg)
+
+        need(isinstance(self.epochs, int) and self.epochs >= 1, f"epochs must be an integer >= 1, got {self.epochs!r}")
+        need(isinstance(self.batch_size, int) and self.batch_size >= 1, f"batch_size must be an integer >= 1, got {self.batch_size!r}")
+        need(self.lr > 0, f"lr must be > 0, got {self.lr!r}")
+        need(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum!r}")
+        need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        need(self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}, got {self.schedule!r}{suggest(self.schedule, SCHEDULES)}")
+        need(all(0 < m < 1 for m in self.milestones), f"milestones are fractions of the epochs in (0, 1), got {self.milestones!r}")
+        need(list(self.milestones) == sorted(self.milestones), f"milestones must be increasing, got {self.milestones!r}")
+        need(0 < self.gamma <= 1, f"gamma must be in (0, 1], got {self.gamma!r}")
+        need(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}{suggest(self.precision, PRECISIONS)}")
+        need(self.augment in AUGMENTS, f"augment must be one of {AUGMENTS}, got {self.augment!r}{suggest(self.augment, AUGMENTS)}")
+        need(not (self.nesterov and self.momentum == 0), "nesterov=True needs momentum > 0")
+        for name in ("train_size", "test_size"):
+            v = getattr(self, name)
+            need(v is None or (isinstance(v, int) and v > 0), f"{name} must be None or a positive integer, got {v!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        """Build from a plain dict; an unknown key is an error with a suggestion."""
+        known = {f.name for f in fields(cls)}
+        unknown = [k for k in d if k not in known]
+        if unknown:
+            raise ConfigError(f"unknown run parameter {unknown[0]!r}{suggest(unknown[0], known)}; known: {', '.join(sorted(known))}")
+        return cls(**d)
+
+    def replace(self, **changes: Any) -> "RunConfig":
+        known = {f.name for f in fields(self)}
+        for k in changes:
+            if k not in known:
+                raise ConfigError(f"unknown run parameter {k!r}{suggest(k, known)}")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["milestones"] = list(self.milestones)
+        return d
+
+    def semantic(self) -> dict[str, Any]:
+        """The fields that define what the run computes (cosmetic ones removed)."""
+        return {k: v for k, v in self.to_dict().items() if k not in COSMETIC}
+
+    def digest(self) -> str:
+        """Short hash of `semantic()`, used in run directory names."""
+        blob = json.dumps(self.semantic(), sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:8]
+
+    def run_name(self) -> str:
+        return f"{self.method}-{self.model}-{self.dataset}-s{self.seed}-{self.digest()}"
+
+
+def differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """Human-readable list of `key: a -> b` for keys whose values differ."""
+    out = []
+    for k in sorted(set(a) | set(b)):
+        if a.get(k) != b.get(k):
+            out.append(f"{k}: {a.get(k)!r} -> {b.get(k)!r}")
+    return out

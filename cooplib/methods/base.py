@@ -1,0 +1,52 @@
+"""The Learner protocol: every method is named logit heads plus a loss over them.
+
+`train.fit` is the only training loop. It calls `forward` for the heads, `loss` for
+the scalar to backpropagate and its named parts, and evaluates every head (top-1 and
+top-5) each epoch, so per-branch / per-peer / ensemble accuracy needs no extra code.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class TrainState:
+    """Where training is, for losses that ramp a term in over the epochs."""
+
+    epoch: int  # 0-based epoch being trained
+    epochs: int  # total epochs of the run
+    step: int  # 0-based step within the epoch
+    steps_per_epoch: int
+
+    @property
+    def progress(self) -> float:
+        """Fraction of training done, in [0, 1)."""
+        return (self.epoch + self.step / max(1, self.steps_per_epoch)) / max(1, self.epochs)
+
+
+class Learner(nn.Module):
+    """Base class: subclasses define `forward -> dict[str, Tensor]` and `loss`."""
+
+    #: registry name, e.g. "baseline"; set by subclasses
+    method: str = ""
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:  # pragma: no cover
+        raise NotImplementedError
+
+    def loss(
+        self, heads: dict[str, torch.Tensor], y: torch.Tensor, state: TrainState
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # pragma: no cover
+        """Return (total, parts): the scalar to backpropagate and its named terms."""
+        raise NotImplementedError
+
+    def deployable(self) -> nn.Module:
+        """The network used at test time (for TeCost and export); default: self."""
+        return self
+
+    @property
+    def primary_head(self) -> str:
+        """The head whose test top-1 picks the 'best' epoch."""
+        return "net"

@@ -1,0 +1,29 @@
+"""The vanilla baseline: one network, cross-entropy, one head `net`."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .. import losses
+from .base import Learner, TrainState
+
+
+class Baseline(Learner):
+    """A single network trained with cross-entropy (label smoothing optional, off by default)."""
+
+    method = "baseline"
+
+    def __init__(self, net: nn.Module, label_smoothing: float = 0.0):
+        super().__init__()
+        self.net = net
+        self.label_smoothing = float(label_smoothing)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"net": self.net(x)}
+
+    def loss(self, heads, y, state: TrainState):
+        ce = losses.cross_entropy(heads["net"], y, self.label_smoothing)
+        return ce, {"ce": ce}
+
+    def deployable(self) -> nn.Module:
+        return self.net

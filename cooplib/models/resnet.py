@@ -1,0 +1,174 @@
+"""CIFAR ResNets (He et al. 2016) with named stages that the rest of cooplib relies on.
+
+Layout: ``stem`` (3x3 conv + BN + ReLU) -> ``layer1`` / ``layer2`` / ``layer3`` (strides
+1, 2, 2) -> ``pool`` (global average + flatten) -> ``fc``. Multi-branch, depth-scalable
+and feature-distillation code reaches into these names, so keep them stable.
+
+Shortcuts: by default those of the ONE reference code (Lan1991Xu/ONE_NeurIPS2018,
+derived from fb.resnet.torch): a projection (1x1 conv + BN) wherever the shape changes,
+identity elsewhere ("option B"). Parameters cannot tell the options apart (ResNet-32 on
+CIFAR-100: 472,756 with projections, 470,004 with option A, both "0.47M"), FLOPs can:
+only projections reproduce ONE's cost table (ONE-3 ResNet-32 2.285e8 vs 2.274e8). The
+cooperative-depth paper's ResNet-56 MACs (125.5M) instead match the zero-padding
+"option A" (125.49M; projections give 125.75M), so ``shortcut="zeropad"`` offers it.
+
+The global pool is adaptive, so any input size works (8x8 digits, 28x28 Fashion-MNIST,
+32x32 CIFAR, 64x64 Tiny ImageNet).
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Shortcut = Literal["projection", "zeropad"]
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs; the residual add comes before the last ReLU (post-activation)."""
+
+    expansion = 1
+
+    def __init__(
+        self, in_planes: int, planes: int, stride: int = 1, shortcut: Shortcut = "projection"
+    ) -> None:
+        super().__init__()
+        out = planes * self.expansion
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out)
+        self.relu = nn.ReLU(inplace=True)
+        self.shortcut = _shortcut(in_planes, out, stride, shortcut)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + self.shortcut(x))
+
+
+class Bottleneck(nn.Module):
+    """1x1 reduce, 3x3 (carries the stride), 1x1 expand by 4, as in the ONE code."""
+
+    expansion = 4
+
+    def __init__(
+        self, in_planes: int, planes: int, stride: int = 1, shortcut: Shortcut = "projection"
+    ) -> None:
+        super().__init__()
+        out = planes * self.expansion
+        self.conv1 = nn.Conv2d(in_planes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, out, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out)
+        self.relu = nn.ReLU(inplace=True)
+        self.shortcut = _shortcut(in_planes, out, stride, shortcut)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + self.shortcut(x))
+
+
+class ZeroPadShortcut(nn.Module):
+    """He et al.'s "option A": subsample by the stride, zero-pad the new channels."""
+
+    def __init__(self, extra_channels: int, stride: int) -> None:
+        super().__init__()
+        self.extra_channels = extra_channels
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[:, :, :: self.stride, :: self.stride]
+        return F.pad(x, (0, 0, 0, 0, 0, self.extra_channels))
+
+
+def _shortcut(in_planes: int, out_planes: int, stride: int, kind: Shortcut) -> nn.Module:
+    """Identity when the shape is kept; else a projection (1x1 conv + BN) or option A."""
+    if kind not in ("projection", "zeropad"):
+        raise ValueError(f"shortcut must be 'projection' or 'zeropad', got {kind!r}")
+    if stride == 1 and in_planes == out_planes:
+        return nn.Identity()
+    if kind == "zeropad" and out_planes >= in_planes:
+        return ZeroPadShortcut(out_planes - in_planes, stride)
+    return nn.Sequential(
+        nn.Conv2d(in_planes, out_planes, 1, stride, bias=False), nn.BatchNorm2d(out_planes)
+    )
+
+
+Block = type[BasicBlock] | type[Bottleneck]
+
+
+class CifarResNet(nn.Module):
+    """A 3-stage CIFAR ResNet with ``blocks_per_stage`` blocks in each stage.
+
+    ``feature_dims`` are the channels of the three stage outputs; ``depth`` counts the
+    weighted layers on the main path (stem conv + block convs + fc), i.e. 6n+2 for basic
+    blocks and 9n+2 for bottlenecks.
+    """
+
+    def __init__(
+        self,
+        block: Block,
+        blocks_per_stage: int,
+        num_classes: int,
+        in_channels: int = 3,
+        widths: tuple[int, int, int] = (16, 32, 64),
+        shortcut: Shortcut = "projection",
+    ) -> None:
+        super().__init__()
+        if blocks_per_stage < 1:
+            raise ValueError(f"blocks_per_stage must be >= 1, got {blocks_per_stage}")
+        if shortcut not in ("projection", "zeropad"):
+            raise ValueError(f"shortcut must be 'projection' or 'zeropad', got {shortcut!r}")
+        if len(widths) != 3:
+            raise ValueError(f"widths must have 3 entries (one per stage), got {widths!r}")
+        self.block = block
+        self.blocks_per_stage = blocks_per_stage
+        self.num_classes = num_classes
+        self.shortcut = shortcut
+        self.depth = blocks_per_stage * 3 * (3 if block is Bottleneck else 2) + 2
+        self.feature_dims = tuple(w * block.expansion for w in widths)
+
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False),
+            nn.BatchNorm2d(widths[0]),
+            nn.ReLU(inplace=True),
+        )
+        in_planes = widths[0]
+        stages = []
+        for width, stride in zip(widths, (1, 2, 2)):
+            blocks = []
+            for i in range(blocks_per_stage):
+                blocks.append(block(in_planes, width, stride if i == 0 else 1, shortcut))
+                in_planes = width * block.expansion
+            stages.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3 = stages
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+        self.fc = nn.Linear(in_planes, num_classes)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Kaiming-normal (fan_out, ReLU) convs and BN = identity, as the reference code;
+        the classifier keeps PyTorch's default Linear init."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Logits and the three stage outputs (for feature KD and representation analysis)."""
+        f1 = self.layer1(self.stem(x))
+        f2 = self.layer2(f1)
+        f3 = self.layer3(f2)
+        return self.fc(self.pool(f3)), [f1, f2, f3]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(self.layer3(self.layer2(self.layer1(self.stem(x))))))

@@ -1,0 +1,40 @@
+"""Seaborn figures shared by the notebooks; every figure is drawn from run files."""
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+
+from .runs import long_metrics
+
+
+def training_curves(metrics: pd.DataFrame, heads: list[str] | None = None, hue: str = "head", title: str | None = None):
+    """Train loss, test top-1 and test top-5 against epoch (mean and band over seeds).
+
+    `metrics` is `runs.load_metrics(...)`; `heads` selects heads (default: all);
+    `hue` is the column that tells lines apart ("head", "method", ...).
+    """
+    if metrics.empty:
+        raise ValueError("no epoch records to plot: did the runs train at least one epoch?")
+    sns.set_theme(style="whitegrid", context="notebook")
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4), constrained_layout=True)
+    loss = metrics[["run", "method", "model", "dataset", "seed", "epoch", "train/loss"]]
+    sns.lineplot(data=loss, x="epoch", y="train/loss", hue="method" if hue != "head" else None, ax=axes[0], errorbar="sd")
+    axes[0].set(title="training loss (all terms)", ylabel="loss", yscale="log")
+    for ax, stat in zip(axes[1:], ("top1", "top5")):
+        df = long_metrics(metrics, "test", stat)
+        if heads is not None:
+            df = df[df["head"].isin(heads)]
+        sns.lineplot(data=df, x="epoch", y=stat, hue=hue, ax=ax, errorbar="sd")
+        ax.set(title=f"test top-{stat[-1]} accuracy", ylabel="%")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def learning_rate(metrics: pd.DataFrame):
+    """The learning rate the optimizer applied in each epoch (as logged from it)."""
+    fig, ax = plt.subplots(figsize=(5, 3), constrained_layout=True)
+    sns.lineplot(data=metrics, x="epoch", y="lr", hue="run", ax=ax, legend=False)
+    ax.set(yscale="log", title="learning rate applied", ylabel="lr")
+    return fig

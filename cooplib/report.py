@@ -1,0 +1,56 @@
+"""Tables and sentences computed from run frames (`runs.load_runs`), for the notebooks.
+
+Nothing here is typed by hand: every number comes from a run directory.
+"""
+from __future__ import annotations
+
+import pandas as pd
+
+
+def mean_std(values: pd.Series, digits: int = 2) -> str:
+    """'m ± s' over seeds (just 'm' for one value)."""
+    v = values.dropna().astype(float)
+    if len(v) == 0:
+        return "n/a"
+    if len(v) == 1:
+        return f"{v.iloc[0]:.{digits}f}"
+    return f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}"
+
+
+def per_run_table(frame: pd.DataFrame, head: str = "net") -> pd.DataFrame:
+    """One row per run: seed, last and best test top-1/top-5 of `head`, cost, time."""
+    cols = {
+        "method": "method",
+        "model": "model",
+        "dataset": "dataset",
+        "seed": "seed",
+        "epochs_done": "epochs",
+        f"last/test/{head}/top1": "top-1 (last)",
+        f"last/test/{head}/top5": "top-5 (last)",
+        f"best/test/{head}/top1": "top-1 (best)",
+        "best_epoch": "best epoch",
+        "params": "params",
+        "test_flops": "FLOPs (test)",
+        "seconds": "train s",
+    }
+    present = {k: v for k, v in cols.items() if k in frame.columns}
+    out = frame[list(present)].rename(columns=present)
+    return out.sort_values(["method", "model", "seed"]).reset_index(drop=True)
+
+
+def summary_table(frame: pd.DataFrame, head: str = "net", by: tuple[str, ...] = ("method", "model", "dataset")) -> pd.DataFrame:
+    """Mean ± std over seeds of last/best test top-1 and top-5, one row per group."""
+    rows = []
+    for key, g in frame.groupby(list(by), sort=False):
+        key = key if isinstance(key, tuple) else (key,)
+        row = dict(zip(by, key))
+        row["seeds"] = len(g)
+        row["top-1 % (last)"] = mean_std(g[f"last/test/{head}/top1"])
+        row["top-5 % (last)"] = mean_std(g[f"last/test/{head}/top5"])
+        row["top-1 % (best epoch)"] = mean_std(g[f"best/test/{head}/top1"])
+        row["error % (last)"] = mean_std(100 - g[f"last/test/{head}/top1"])
+        if "params" in g:
+            row["params (M)"] = f"{g['params'].iloc[0] / 1e6:.3f}"
+            row["TeCost FLOPs"] = f"{g['test_flops'].iloc[0]:.3e}"
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -1,0 +1,438 @@
+"""`fit`: the one training loop every Learner shares.
+
+SGD (momentum, Nesterov, weight decay) with a per-epoch step or cosine schedule; bf16
+autocast and channels_last on CUDA; optional torch.compile; seeded and optionally
+deterministic; every head evaluated (top-1/top-5, percent) each epoch; a checkpoint per
+epoch written atomically; resume of a killed run; a non-finite loss stops the run and
+keeps the last good checkpoint.
+
+The step has no host synchronisation: loss terms and correct counts accumulate in
+device tensors that are read once per epoch.
+"""
+from __future__ import annotations
+
+import io
+import math
+import os
+import platform
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save as safetensors_save
+
+from . import runs
+from .config import RunConfig, differences
+from .data import Augment, DeviceLoader, ImageData
+from .errors import DivergedError, RunDirError
+from .methods.base import Learner, TrainState
+
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    final: dict
+    metrics: list[dict]
+
+
+# ---------------------------------------------------------------- settings
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RunDirError(f"device {name!r} requested but CUDA is not available; use device='auto' or 'cpu'")
+    return device
+
+
+def autocast_dtype(config: RunConfig, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast on CUDA by default; fp32 (no autocast) on CPU unless asked."""
+    if config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def lr_factor(config: RunConfig, epoch: int) -> float:
+    """Multiplier of the base learning rate during 0-based `epoch`."""
+    if config.schedule == "constant":
+        return 1.0
+    if config.schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * epoch / config.epochs))
+    drops = sum(epoch >= round(m * config.epochs) for m in config.milestones)
+    return config.gamma**drops
+
+
+def train_augment(config: RunConfig, default: Augment) -> Augment:
+    """The augmentation named by `config.augment`, relative to the dataset's default."""
+    pad = default.crop_pad or 4
+    return {
+        "default": default,
+        "none": Augment.none(),
+        "crop": Augment(crop_pad=pad, flip=False),
+        "flip": Augment(crop_pad=0, flip=True),
+        "crop+flip": Augment(crop_pad=pad, flip=True),
+    }[config.augment]
+
+
+@contextmanager
+def determinism(enabled: bool) -> Iterator[None]:
+    """torch's deterministic algorithms for the duration of the run, then restored."""
+    prev_alg = torch.are_deterministic_algorithms_enabled()
+    prev_bench, prev_det = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(enabled)
+    torch.backends.cudnn.deterministic = enabled
+    torch.backends.cudnn.benchmark = not enabled
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(prev_alg)
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = prev_bench, prev_det
+
+
+def make_optimizer(learner: Learner, config: RunConfig, device: torch.device) -> torch.optim.SGD:
+    params = [p for p in learner.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(
+        params,
+        lr=config.lr,
+        momentum=config.momentum,
+        nesterov=config.nesterov,
+        weight_decay=config.weight_decay,
+        fused=device.type == "cuda",
+    )
+    for group in opt.param_groups:
+        group["base_lr"] = config.lr
+    return opt
+
+
+def set_lr(opt: torch.optim.Optimizer, factor: float) -> float:
+    for group in opt.param_groups:
+        group["lr"] = group["base_lr"] * factor
+    return opt.param_groups[0]["lr"]
+
+
+def progress_enabled(config: RunConfig) -> bool:
+    return config.progress and os.environ.get("COOPLIB_PROGRESS", "1") != "0"
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def _topk_correct(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    k = min(5, logits.shape[1])
+    top = logits.topk(k, dim=1).indices
+    hit = top == y[:, None]
+    return hit[:, 0].sum(), hit.any(dim=1).sum()
+
+
+@torch.no_grad()
+def evaluate(model, loader: DeviceLoader, amp_dtype: torch.dtype | None, device: torch.device) -> dict[str, float]:
+    """Top-1, top-5 (percent) and mean cross-entropy of every head over `loader`."""
+    was_training = model.training
+    model.eval()
+    sums: dict[str, torch.Tensor] = {}
+    n = 0
+    amp = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
+    for x, y in loader:
+        with amp:
+            heads = model(x)
+        for h, logits in heads.items():
+            top1, top5 = _topk_correct(logits, y)
+            ce = F.cross_entropy(logits.float(), y, reduction="sum")
+            acc = torch.stack([top1.float(), top5.float(), ce])
+            sums[h] = sums[h] + acc if h in sums else acc
+        n += y.shape[0]
+    model.train(was_training)
+    names = list(sums)
+    values = torch.stack([sums[h] for h in names]).tolist() if names else []  # the one sync
+    out = {}
+    for h, (top1, top5, ce) in zip(names, values):
+        out[f"{h}/top1"] = 100.0 * top1 / n
+        out[f"{h}/top5"] = 100.0 * top5 / n
+        out[f"{h}/loss"] = ce / n
+    return out
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def _to_bytes(obj) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def _weights_bytes(learner: Learner) -> bytes:
+    return safetensors_save({k: v.detach().cpu().contiguous() for k, v in learner.state_dict().items()})
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Load a checkpoint without executing code from it; a corrupt file is a clear error."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, garbage, or a pickle that needs code
+        raise RunDirError(
+            f"checkpoint {path} is corrupt or not a cooplib checkpoint ({type(exc).__name__}: {exc}). "
+            f"Its metrics.jsonl and config.json are intact; delete {path.name} to restart this run "
+            f"from scratch, or point to another run directory."
+        ) from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise RunDirError(f"checkpoint {path} has an unknown format; delete it to restart the run")
+    return ckpt
+
+
+def _rng_state(device: torch.device) -> dict:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+# ---------------------------------------------------------------- run directory
+
+
+def _versions() -> dict:
+    import torchvision
+
+    from . import __version__
+
+    return {
+        "cooplib": __version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+    }
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _prepare_run_dir(run_dir: Path, config: RunConfig, resume: bool, device: torch.device) -> dict | None:
+    """Check an existing run directory against `config`; return its checkpoint if resuming."""
+    meta_path = run_dir / runs.CONFIG
+    if not meta_path.exists():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        runs.write_json(
+            meta_path,
+            {
+                "config": config.to_dict(),
+                "versions": _versions(),
+                "device_name": _device_name(device),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            },
+        )
+        return None
+    old = RunConfig.from_dict(runs.read_json(meta_path)["config"])
+    diffs = differences(old.semantic(), config.semantic())
+    if diffs:
+        raise RunDirError(
+            f"{run_dir} holds a run with a different config ({'; '.join(diffs)}). Nothing was changed there. "
+            f"Use another run directory (experiment.run names one per config) or restore those parameters."
+        )
+    if not resume:
+        raise RunDirError(f"{run_dir} already holds a run; pass resume=True to continue it, or use another directory")
+    state = runs.status(run_dir)
+    if state == "diverged":
+        msg = runs.read_json(run_dir / runs.STATUS).get("message", "")
+        raise DivergedError(f"{run_dir} diverged before ({msg}); rerunning the same config diverges again")
+    ckpt_path = run_dir / runs.CHECKPOINT
+    return load_checkpoint(ckpt_path) if ckpt_path.exists() else None
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def fit(
+    learner: Learner,
+    data: ImageData,
+    config: RunConfig,
+    run_dir: str | Path,
+    *,
+    resume: bool = True,
+) -> RunResult:
+    """Train `learner` on `data` as `config` says, recording everything in `run_dir`.
+
+    A complete run directory with the same config is returned as it is; an incomplete
+    one is resumed from its checkpoint (bit-identical on the same device when
+    `config.deterministic`); one with a different config is an error.
+    """
+    run_dir = Path(run_dir)
+    device = resolve_device(config.device)
+    if runs.status(run_dir) == "complete" and (run_dir / runs.FINAL).exists():
+        _prepare_run_dir(run_dir, config, resume, device)  # checks only: nothing is trained
+        return RunResult(run_dir, runs.read_json(run_dir / runs.FINAL), runs.read_metrics(run_dir))
+    ckpt = _prepare_run_dir(run_dir, config, resume, device)
+
+    with determinism(config.deterministic):
+        return _fit(learner, data, config, run_dir, device, ckpt)
+
+
+def _fit(learner, data, config, run_dir, device, ckpt) -> RunResult:
+    from . import flops
+
+    torch.manual_seed(config.seed)
+    amp_dtype = autocast_dtype(config, device)
+    channels_last = device.type == "cuda" if config.channels_last is None else config.channels_last
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    learner.to(device=device, memory_format=memory_format)
+    cost = flops.cost(learner, tuple(data.x_train.shape[1:]))
+
+    common = dict(device=device, mean=data.mean, std=data.std, channels_last=channels_last)
+    train_loader = DeviceLoader(
+        data.x_train, data.y_train, config.batch_size, augment=train_augment(config, data.augment),
+        shuffle=True, seed=config.seed, **common,
+    )
+    test_loader = DeviceLoader(data.x_test, data.y_test, max(config.batch_size, 256), **common)
+    opt = make_optimizer(learner, config, device)
+    model = torch.compile(learner) if config.compile else learner
+
+    start_epoch, records = 0, []
+    best = None
+    if ckpt is not None:
+        learner.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        train_loader.load_state_dict(ckpt["loader"])
+        _set_rng_state(ckpt["rng"], device)
+        start_epoch = int(ckpt["epoch"])
+        records = runs.read_metrics(run_dir)[:start_epoch]
+        runs.write_metrics(run_dir, records)  # drop epochs logged after the checkpoint
+        best = max(records, key=lambda r: r[f"test/{learner.primary_head}/top1"]) if records else None
+    runs.write_json(run_dir / runs.STATUS, {"state": "running", "epoch": start_epoch})
+
+    writer = _tensorboard(run_dir, config, start_epoch)
+    steps = len(train_loader)
+    bar = _progress_bar(config, steps, start_epoch, run_dir)
+    amp = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
+    primary = f"test/{learner.primary_head}/top1"
+    t_run = time.perf_counter()
+    try:
+        for epoch in range(start_epoch, config.epochs):
+            t0 = time.perf_counter()
+            lr = set_lr(opt, lr_factor(config, epoch))
+            learner.train()
+            sums: dict[str, torch.Tensor] = {}
+            n = 0
+            for step, (x, y) in enumerate(train_loader):
+                state = TrainState(epoch, config.epochs, step, steps)
+                with amp():
+                    heads = model(x)
+                    total, parts = learner.loss(heads, y, state)
+                opt.zero_grad(set_to_none=True)
+                total.backward()
+                opt.step()
+                bs = y.shape[0]
+                terms = {"loss": total.detach().float(), **{k: v.detach().float() for k, v in parts.items()}}
+                for h, logits in heads.items():
+                    terms[f"{h}/top1"] = (logits.detach().argmax(1) == y).sum().float() * (100.0 / bs)
+                for k, v in terms.items():
+                    sums[k] = sums[k] + v * bs if k in sums else v * bs
+                n += bs
+                if bar is not None:
+                    bar.update(1)
+            names = list(sums)
+            values = torch.stack([sums[k] for k in names]).tolist()  # the epoch's one sync
+            train_metrics = {f"train/{k}": v / n for k, v in zip(names, values)}
+            if not math.isfinite(train_metrics["train/loss"]):
+                _diverged(run_dir, epoch, train_metrics)
+            test_metrics = {f"test/{k}": v for k, v in evaluate(model, test_loader, amp_dtype, device).items()}
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            record = {"epoch": epoch + 1, "lr": lr, "seconds": time.perf_counter() - t0, **train_metrics, **test_metrics}
+            records.append(record)
+            is_best = best is None or record[primary] > best[primary]
+            if is_best:
+                best = record
+            _save_epoch(run_dir, learner, opt, train_loader, device, epoch + 1, records, is_best)
+            if writer is not None:
+                for k, v in record.items():
+                    if k != "epoch":
+                        writer.add_scalar(k, v, epoch + 1)
+                writer.flush()
+            if bar is not None:
+                bar.set_postfix(loss=f"{record['train/loss']:.3f}", top1=f"{record[primary]:.2f}")
+    finally:
+        if bar is not None:
+            bar.close()
+        if writer is not None:
+            writer.close()
+
+    final = {
+        "epochs_done": len(records),
+        "primary_head": learner.primary_head,
+        "last": records[-1],
+        "best": best,
+        "seconds": sum(r["seconds"] for r in records),
+        "wall_seconds_this_session": time.perf_counter() - t_run,
+        **cost,
+    }
+    runs.write_json(run_dir / runs.FINAL, final)
+    runs.write_json(run_dir / runs.STATUS, {"state": "complete", "epoch": len(records)})
+    return RunResult(run_dir, final, records)
+
+
+def _save_epoch(run_dir, learner, opt, loader, device, epoch, records, is_best) -> None:
+    """Checkpoint first, then the metrics: a crash in between only repeats an epoch."""
+    ckpt = {
+        "format": CHECKPOINT_FORMAT,
+        "epoch": epoch,
+        "model": learner.state_dict(),
+        "optimizer": opt.state_dict(),
+        "loader": loader.state_dict(),
+        "rng": _rng_state(device),
+    }
+    runs.atomic_write_bytes(run_dir / runs.CHECKPOINT, _to_bytes(ckpt))
+    weights = _weights_bytes(learner)
+    runs.atomic_write_bytes(run_dir / runs.WEIGHTS, weights)
+    if is_best:
+        runs.atomic_write_bytes(run_dir / runs.BEST_WEIGHTS, weights)
+    runs.write_metrics(run_dir, records)
+    runs.write_json(run_dir / runs.STATUS, {"state": "running", "epoch": epoch})
+
+
+def _diverged(run_dir: Path, epoch: int, metrics: dict) -> None:
+    terms = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if not k.endswith("top1"))
+    msg = (
+        f"the training loss became non-finite in epoch {epoch + 1} ({terms}). "
+        f"The checkpoint of epoch {epoch} is kept in {run_dir}; lower lr, check the loss terms, "
+        f"or use precision='fp32'."
+    )
+    runs.write_json(run_dir / runs.STATUS, {"state": "diverged", "epoch": epoch, "message": msg})
+    raise DivergedError(msg)
+
+
+def _tensorboard(run_dir: Path, config: RunConfig, start_epoch: int):
+    if not config.tensorboard:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(run_dir / runs.EVENTS), purge_step=start_epoch + 1 if start_epoch else None)
+
+
+def _progress_bar(config: RunConfig, steps: int, start_epoch: int, run_dir: Path):
+    if not progress_enabled(config):
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=steps * config.epochs, initial=steps * start_epoch, desc=run_dir.name, unit="step",
+        dynamic_ncols=True, leave=True,
+    )

@@ -1,0 +1,257 @@
+"""The one loop: schedule actually applied, resume == uninterrupted, crash safety."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from cooplib import losses, runs, train
+from cooplib.config import RunConfig
+from cooplib.errors import DivergedError, RunDirError
+from cooplib.methods import Baseline
+from cooplib.methods.base import Learner
+from cooplib.models import build
+
+QUIET = dict(progress=False, tensorboard=False, device="cpu")
+
+
+def small_config(**kw) -> RunConfig:
+    base = dict(model="resnet8", dataset="quadrants", epochs=4, batch_size=32, lr=0.05, weight_decay=5e-4, deterministic=True, **QUIET)
+    base.update(kw)
+    return RunConfig(**base)
+
+
+def baseline(data, seed=0) -> Baseline:
+    torch.manual_seed(seed)
+    return Baseline(build("resnet8", data.num_classes, data.in_channels))
+
+
+class SumOfWeights(Learner):
+    """loss = sum of weights: every weight's gradient is exactly 1, so a plain SGD step moves it by -lr."""
+
+    def __init__(self, d: int, c: int):
+        super().__init__()
+        self.w = nn.Linear(d, c, bias=False)
+        nn.init.zeros_(self.w.weight)
+
+    def forward(self, x):
+        return {"net": self.w(x.flatten(1))}
+
+    def loss(self, heads, y, state):
+        total = self.w.weight.sum() + 0 * heads["net"].sum()
+        return total, {"sum": total}
+
+
+def test_lr_factor_step_and_cosine():
+    cfg = RunConfig(epochs=300)
+    assert [train.lr_factor(cfg, e) for e in (0, 149, 150, 224, 225, 299)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+    cos = RunConfig(epochs=10, schedule="cosine")
+    assert train.lr_factor(cos, 0) == 1 and train.lr_factor(cos, 5) == pytest.approx(0.5)
+
+
+def test_logged_lr_is_the_lr_the_optimizer_applied(tiny_data, tmp_path):
+    # One step per epoch (batch = whole set), no momentum/decay: each weight falls by exactly the lr.
+    cfg = small_config(epochs=4, batch_size=96, lr=0.1, momentum=0.0, nesterov=False, weight_decay=0.0, augment="none")
+    learner = SumOfWeights(3 * 8 * 8, 4)
+    res = train.fit(learner, tiny_data, cfg, tmp_path / "run")
+    lrs = [r["lr"] for r in res.metrics]
+    assert lrs == pytest.approx([0.1, 0.1, 0.01, 0.001])
+    assert learner.w.weight.detach() == pytest.approx(torch.full((4, 192), -sum(lrs)), abs=1e-6)
+
+
+def _same_weights(a: Path, b: Path) -> bool:
+    return (a / runs.WEIGHTS).read_bytes() == (b / runs.WEIGHTS).read_bytes()
+
+
+def _strip_time(records):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+
+
+class Interrupting(Baseline):
+    """Raises KeyboardInterrupt once, in the middle of an epoch, like a user pressing Ctrl-C."""
+
+    def __init__(self, net, at: tuple[int, int]):
+        super().__init__(net)
+        self.at, self.fired = at, False
+
+    def loss(self, heads, y, state):
+        if not self.fired and (state.epoch, state.step) == self.at:
+            self.fired = True
+            raise KeyboardInterrupt
+        return super().loss(heads, y, state)
+
+
+def test_interrupted_then_resumed_equals_uninterrupted(tiny_data, tmp_path):
+    cfg = small_config(epochs=4)
+    ref = train.fit(baseline(tiny_data), tiny_data, cfg, tmp_path / "ref")
+
+    torch.manual_seed(0)
+    net = build("resnet8", 4, 3)
+    with pytest.raises(KeyboardInterrupt):
+        train.fit(Interrupting(net, at=(2, 1)), tiny_data, cfg, tmp_path / "cut")
+    assert runs.status(tmp_path / "cut") == "running"
+    assert len(runs.read_metrics(tmp_path / "cut")) == 2
+    # resume in a fresh learner with a different init: everything must come from the checkpoint
+    resumed = train.fit(baseline(tiny_data, seed=123), tiny_data, cfg, tmp_path / "cut")
+    assert _same_weights(tmp_path / "ref", tmp_path / "cut")
+    assert _strip_time(resumed.metrics) == _strip_time(ref.metrics)
+    assert _strip_time([resumed.final["best"]]) == _strip_time([ref.final["best"]])
+
+
+KILLED_RUN = """
+import sys, torch
+from cooplib import experiment
+from cooplib.config import RunConfig
+cfg = RunConfig.from_dict(__import__('json').loads(sys.argv[1]))
+experiment.run(cfg, run_dir=sys.argv[2])
+"""
+
+
+@pytest.mark.slow
+def test_run_killed_with_sigkill_resumes_to_the_same_result(tmp_path):
+    cfg = RunConfig(model="resnet8", dataset="digits", epochs=8, batch_size=64, lr=0.05, deterministic=True, **QUIET)
+    from cooplib import experiment
+
+    ref = experiment.run(cfg, run_dir=tmp_path / "ref")
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN, json.dumps(cfg.to_dict()), str(cut)])
+    deadline = time.time() + 120
+    while time.time() < deadline and len(runs.read_metrics(cut)) < 2 and proc.poll() is None:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = len(runs.read_metrics(cut))
+    assert 2 <= done < cfg.epochs, "the run must be killed mid-way for this test to mean anything"
+    assert runs.status(cut) == "running"
+    resumed = experiment.run(cfg, run_dir=cut)
+    assert _same_weights(tmp_path / "ref", cut)
+    assert _strip_time(resumed.metrics) == _strip_time(ref.metrics)
+
+
+class NaNAtEpoch(Baseline):
+    def __init__(self, net, epoch: int):
+        super().__init__(net)
+        self.bad_epoch = epoch
+
+    def loss(self, heads, y, state):
+        total, parts = super().loss(heads, y, state)
+        if state.epoch == self.bad_epoch:
+            total = total * float("nan")
+        return total, parts
+
+
+def test_diverging_loss_stops_and_keeps_last_good_checkpoint(tiny_data, tmp_path):
+    cfg = small_config(epochs=4)
+    torch.manual_seed(0)
+    run_dir = tmp_path / "run"
+    with pytest.raises(DivergedError, match="non-finite in epoch 3"):
+        train.fit(NaNAtEpoch(build("resnet8", 4, 3), epoch=2), tiny_data, cfg, run_dir)
+    assert runs.status(run_dir) == "diverged"
+    ckpt = train.load_checkpoint(run_dir / runs.CHECKPOINT)
+    assert ckpt["epoch"] == 2 and all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+    assert len(runs.read_metrics(run_dir)) == 2
+    with pytest.raises(DivergedError, match="diverged before"):
+        train.fit(baseline(tiny_data), tiny_data, cfg, run_dir)
+
+
+def test_resume_with_a_different_config_is_refused_and_changes_nothing(tiny_data, tmp_path):
+    run_dir = tmp_path / "run"
+    train.fit(baseline(tiny_data), tiny_data, small_config(epochs=1), run_dir)
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    with pytest.raises(RunDirError, match=r"lr: 0.05 -> 0.2"):
+        train.fit(baseline(tiny_data), tiny_data, small_config(epochs=1, lr=0.2), run_dir)
+    assert before == {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    with pytest.raises(RunDirError, match="resume=True"):
+        train.fit(baseline(tiny_data), tiny_data, small_config(epochs=1), run_dir, resume=False)
+
+
+def test_complete_run_is_reused_not_retrained(tiny_data, tmp_path):
+    run_dir = tmp_path / "run"
+    first = train.fit(baseline(tiny_data), tiny_data, small_config(epochs=1), run_dir)
+    stamp = (run_dir / runs.CHECKPOINT).stat().st_mtime_ns
+    again = train.fit(baseline(tiny_data, seed=5), tiny_data, small_config(epochs=1, progress=True), run_dir)
+    assert again.final == first.final and (run_dir / runs.CHECKPOINT).stat().st_mtime_ns == stamp
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tiny_data, tmp_path):
+    run_dir = tmp_path / "run"
+    torch.manual_seed(0)
+    with pytest.raises(KeyboardInterrupt):
+        train.fit(Interrupting(build("resnet8", 4, 3), at=(1, 0)), tiny_data, small_config(epochs=3), run_dir)
+    data = (run_dir / runs.CHECKPOINT).read_bytes()
+    (run_dir / runs.CHECKPOINT).write_bytes(data[: len(data) // 2])
+    metrics = (run_dir / runs.METRICS).read_bytes()
+    with pytest.raises(RunDirError, match="checkpoint.pt is corrupt"):
+        train.fit(baseline(tiny_data), tiny_data, small_config(epochs=3), run_dir)
+    assert (run_dir / runs.METRICS).read_bytes() == metrics
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("touch PWNED",))
+
+
+def test_checkpoint_loading_never_executes_code(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    torch.save({"format": 1, "payload": _Evil()}, tmp_path / "checkpoint.pt")
+    with pytest.raises(RunDirError, match="corrupt or not a cooplib checkpoint"):
+        train.load_checkpoint(tmp_path / "checkpoint.pt")
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_run_directory_records(tiny_data, tmp_path):
+    run_dir = tmp_path / "run"
+    cfg = small_config(epochs=2, tensorboard=True)
+    res = train.fit(baseline(tiny_data), tiny_data, cfg, run_dir)
+    meta = runs.read_json(run_dir / runs.CONFIG)
+    assert meta["config"] == cfg.to_dict() and meta["versions"]["torch"] == torch.__version__
+    rec = res.metrics[-1]
+    for key in ("epoch", "lr", "seconds", "train/loss", "train/ce", "train/net/top1", "test/net/top1", "test/net/top5", "test/net/loss"):
+        assert key in rec
+    assert rec["test/net/top5"] >= rec["test/net/top1"]
+    assert res.final["best"]["test/net/top1"] == max(r["test/net/top1"] for r in res.metrics)
+    assert any((run_dir / runs.EVENTS).iterdir())
+    # final weights load without pickle and equal the checkpoint's
+    from safetensors.torch import load_file
+
+    w = load_file(run_dir / runs.WEIGHTS)
+    ckpt = train.load_checkpoint(run_dir / runs.CHECKPOINT)
+    assert all(torch.equal(w[k], ckpt["model"][k]) for k in w)
+    assert not list(run_dir.glob(".*.tmp"))
+    frame = runs.load_runs(tmp_path)
+    assert frame.loc[0, "status"] == "complete" and frame.loc[0, "last/test/net/top1"] == rec["test/net/top1"]
+
+
+class FixedLogits(Learner):
+    def __init__(self, logits):
+        super().__init__()
+        self.register_buffer("logits", logits)
+        self.i = 0
+
+    def forward(self, x):
+        out = self.logits[self.i : self.i + x.shape[0]]
+        self.i += x.shape[0]
+        return {"net": out}
+
+
+def test_evaluate_top1_top5_and_loss_by_hand():
+    from cooplib.data import DeviceLoader
+
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(30, 8, generator=g)
+    y = torch.randint(0, 8, (30,), generator=g)
+    x = torch.zeros(30, 1, 2, 2, dtype=torch.uint8)
+    loader = DeviceLoader(x, y, 7, device=torch.device("cpu"), mean=(0.5,), std=(0.5,))
+    out = train.evaluate(FixedLogits(logits), loader, None, torch.device("cpu"))
+    rank = (logits > logits.gather(1, y[:, None])).sum(1)  # 0 = predicted first
+    assert out["net/top1"] == pytest.approx(100 * (rank == 0).float().mean().item())
+    assert out["net/top5"] == pytest.approx(100 * (rank < 5).float().mean().item())
+    assert out["net/loss"] == pytest.approx(losses.cross_entropy(logits, y).item(), rel=1e-5)
