@@ -50,15 +50,31 @@ def load_profile(name: str) -> dict:
     return prof
 
 
-def notebook_parameters(notebook: str) -> dict:
-    """The parameters the notebook's `parameters` cell declares (name -> info)."""
-    import papermill
+def notebook_parameters(notebook: str) -> dict[str, str]:
+    """Name -> default source of every assignment in the notebook's `parameters` cell.
+
+    Parsed with `ast` (papermill's own line parser silently skips some lines).
+    """
+    import ast
+
+    import nbformat
 
     path = NOTEBOOKS / f"{notebook}.ipynb"
     if not path.exists():
         names = sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb"))
         raise ConfigError(f"no notebook {notebook!r} in {NOTEBOOKS}; available: {', '.join(names)}{suggest(notebook, names)}")
-    return papermill.inspect_notebook(str(path))
+    nb = nbformat.read(path, as_version=4)
+    cells = [c for c in nb.cells if c.cell_type == "code" and "parameters" in c.metadata.get("tags", [])]
+    if len(cells) != 1:
+        raise ConfigError(f"{path} needs exactly one code cell tagged 'parameters', found {len(cells)}")
+    params = {}
+    for node in ast.parse(cells[0].source).body:
+        if isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for t in targets:
+                if isinstance(t, ast.Name):
+                    params[t.id] = ast.unparse(node.value) if node.value is not None else ""
+    return params
 
 
 def validate(profile: dict, only: list[str] | None = None) -> dict[str, dict]:

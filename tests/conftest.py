@@ -1,16 +1,8 @@
 """Shared fixtures: small real and synthetic data, quiet and isolated runs."""
 from __future__ import annotations
 
-import os
-import tempfile
-
 import pytest
 import torch
-
-# Notebooks executed by nbval inherit this environment: runs go to a fresh folder,
-# so the regression check trains for real instead of reusing the book's runs.
-os.environ.setdefault("COOPLIB_RUNS_DIR", tempfile.mkdtemp(prefix="cooplib-test-runs-"))
-os.environ["COOPLIB_PROGRESS"] = "0"
 
 
 @pytest.fixture
