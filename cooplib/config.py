@@ -46,7 +46,12 @@ class RunConfig:
     schedule: str = "step"
     milestones: tuple[float, ...] = (0.5, 0.75)  # fractions of `epochs` where lr *= gamma
     gamma: float = 0.1
+    grad_ratio_lr: bool = False  # per-tensor lr x clip(mean|grad last layer| / mean|grad|) (expand.py)
+    grad_ratio_clip: tuple[float, float] = (0.1, 20.0)
     seed: int = 0
+    # where the weights start: a run directory whose final weights initialise this run
+    # (Learner.init_from: strict load, or e.g. ONE's branch expansion; momentum carried)
+    init_from: str | None = None
     # where and how fast
     device: str = "auto"  # auto = cuda if available else cpu
     precision: str = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU
@@ -58,6 +63,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         self.milestones = tuple(float(m) for m in self.milestones)
+        self.grad_ratio_clip = tuple(float(c) for c in self.grad_ratio_clip)
         self._check()
 
     def _check(self) -> None:
@@ -77,6 +83,8 @@ class RunConfig:
         need(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}{suggest(self.precision, PRECISIONS)}")
         need(self.augment in AUGMENTS, f"augment must be one of {AUGMENTS}, got {self.augment!r}{suggest(self.augment, AUGMENTS)}")
         need(not (self.nesterov and self.momentum == 0), "nesterov=True needs momentum > 0")
+        lo, hi = self.grad_ratio_clip if len(self.grad_ratio_clip) == 2 else (0, -1)
+        need(0 < lo <= hi, f"grad_ratio_clip must be (low, high) with 0 < low <= high, got {self.grad_ratio_clip!r}")
         for name in ("train_size", "test_size"):
             v = getattr(self, name)
             need(v is None or (isinstance(v, int) and v > 0), f"{name} must be None or a positive integer, got {v!r}")
@@ -100,6 +108,7 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["milestones"] = list(self.milestones)
+        d["grad_ratio_clip"] = list(self.grad_ratio_clip)
         return d
 
     def semantic(self) -> dict[str, Any]:

@@ -13,9 +13,10 @@ from typing import Iterable
 import torch
 
 from . import data as datasets
-from . import methods
+from . import methods, runs
 from .config import RunConfig
-from .train import RunResult, fit
+from .errors import RunDirError
+from .train import RunResult, fit, load_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,18 +37,49 @@ def load_data(config: RunConfig) -> datasets.ImageData:
     return data
 
 
-def build_learner(config: RunConfig, data: datasets.ImageData) -> methods.Learner:
-    """The Learner of `config`, initialised from `config.seed`."""
+def build_learner(config: RunConfig, data: datasets.ImageData) -> tuple[methods.Learner, dict | None]:
+    """The Learner of `config` (seeded), and the optimizer state to start from.
+
+    With `config.init_from` the weights come from that run (`Learner.init_from`:
+    strict load, or a method's own transformation such as branch expansion).
+    """
     torch.manual_seed(config.seed)
-    return methods.build(config.method, config.model, data.num_classes, data.in_channels, **config.method_args)
+    learner = methods.build(config.method, config.model, data.num_classes, data.in_channels, **config.method_args)
+    if config.init_from is None:
+        return learner, None
+    parent_dir = Path(config.init_from)
+    if runs.status(parent_dir) != "complete":
+        raise RunDirError(f"init_from={str(parent_dir)!r} is not a complete run (status {runs.status(parent_dir)!r}); train it first")
+    parent = load_learner(parent_dir)
+    opt_state = load_checkpoint(parent_dir / runs.CHECKPOINT)["optimizer"]
+    return learner, learner.init_from(parent, opt_state)
+
+
+def load_learner(run_dir: str | Path, weights: str = "last") -> methods.Learner:
+    """Rebuild the Learner of a run directory with its `last` or `best` weights (no pickle)."""
+    from safetensors.torch import load_file
+
+    run_dir = Path(run_dir)
+    meta = runs.read_json(run_dir / runs.CONFIG)
+    config = RunConfig.from_dict(meta["config"])
+    files = {"last": runs.WEIGHTS, "best": runs.BEST_WEIGHTS}
+    if weights not in files:
+        raise ValueError(f"weights must be 'last' or 'best', got {weights!r}")
+    path = run_dir / files[weights]
+    if not path.exists():
+        raise RunDirError(f"{path} does not exist: the run has not finished an epoch yet")
+    torch.manual_seed(config.seed)
+    learner = methods.build(config.method, config.model, meta["data"]["num_classes"], meta["data"]["in_channels"], **config.method_args)
+    learner.load_state_dict(load_file(path), strict=True)
+    return learner
 
 
 def run(config: RunConfig, out_dir: str | Path | None = None, *, run_dir: str | Path | None = None, resume: bool = True) -> RunResult:
     """Train (or reuse/resume) one run; its directory is `out_dir/config.run_name()`."""
     data = load_data(config)
-    learner = build_learner(config, data)
+    learner, opt_state = build_learner(config, data)
     target = Path(run_dir) if run_dir is not None else runs_root(out_dir) / config.run_name()
-    return fit(learner, data, config, target, resume=resume)
+    return fit(learner, data, config, target, resume=resume, initial_optimizer_state=opt_state)
 
 
 def run_all(configs: Iterable[RunConfig], out_dir: str | Path | None = None) -> list[Path]:
@@ -60,5 +92,6 @@ def run_all(configs: Iterable[RunConfig], out_dir: str | Path | None = None) -> 
             cache[key] = load_data(config)
         data = cache[key]
         target = runs_root(out_dir) / config.run_name()
-        dirs.append(fit(build_learner(config, data), data, config, target).run_dir)
+        learner, opt_state = build_learner(config, data)
+        dirs.append(fit(learner, data, config, target, initial_optimizer_state=opt_state).run_dir)
     return dirs

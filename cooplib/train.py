@@ -101,6 +101,8 @@ def determinism(enabled: bool) -> Iterator[None]:
 
 def make_optimizer(learner: Learner, config: RunConfig, device: torch.device) -> torch.optim.SGD:
     params = [p for p in learner.parameters() if p.requires_grad]
+    if config.grad_ratio_lr:  # one group per tensor: each gets its own lr every step
+        params = [{"params": [p]} for p in params]
     opt = torch.optim.SGD(
         params,
         lr=config.lr,
@@ -114,10 +116,31 @@ def make_optimizer(learner: Learner, config: RunConfig, device: torch.device) ->
     return opt
 
 
+def carry_optimizer_state(opt: torch.optim.Optimizer, state: dict) -> None:
+    """Load per-parameter state (momentum buffers) but keep this optimizer's hyperparameters."""
+    current = opt.state_dict()
+    n_params = sum(len(g["params"]) for g in current["param_groups"])
+    bad = [k for k in state["state"] if not 0 <= int(k) < n_params]
+    if bad:
+        raise RunDirError(f"optimizer state refers to parameters {bad[:5]} that this learner does not have ({n_params} tensors)")
+    current["state"] = state["state"]
+    opt.load_state_dict(current)
+
+
 def set_lr(opt: torch.optim.Optimizer, factor: float) -> float:
+    """Set the scheduled lr of every group; return it (the value logged as `lr`)."""
     for group in opt.param_groups:
         group["lr"] = group["base_lr"] * factor
-    return opt.param_groups[0]["lr"]
+    return opt.param_groups[0]["base_lr"] * factor
+
+
+def _gradient_ratio(learner: Learner, opt: torch.optim.Optimizer, config: RunConfig):
+    """The per-tensor gradient-ratio lr scaler when `config.grad_ratio_lr` is on, else None."""
+    if not config.grad_ratio_lr:
+        return None
+    from .gradratio import GradientRatio
+
+    return GradientRatio(opt, learner.last_layer_parameters(), clip=config.grad_ratio_clip)
 
 
 def progress_enabled(config: RunConfig) -> bool:
@@ -226,7 +249,15 @@ def _device_name(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def _prepare_run_dir(run_dir: Path, config: RunConfig, resume: bool, device: torch.device) -> dict | None:
+def _data_info(data: ImageData) -> dict:
+    return {
+        "name": data.name, "num_classes": data.num_classes, "in_channels": data.in_channels,
+        "image_size": list(data.image_size), "n_train": len(data.y_train), "n_test": len(data.y_test),
+        "mean": list(data.mean), "std": list(data.std),
+    }
+
+
+def _prepare_run_dir(run_dir: Path, config: RunConfig, resume: bool, device: torch.device, data: ImageData) -> dict | None:
     """Check an existing run directory against `config`; return its checkpoint if resuming."""
     meta_path = run_dir / runs.CONFIG
     if not meta_path.exists():
@@ -235,6 +266,7 @@ def _prepare_run_dir(run_dir: Path, config: RunConfig, resume: bool, device: tor
             meta_path,
             {
                 "config": config.to_dict(),
+                "data": _data_info(data),
                 "versions": _versions(),
                 "device_name": _device_name(device),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -268,25 +300,29 @@ def fit(
     run_dir: str | Path,
     *,
     resume: bool = True,
+    initial_optimizer_state: dict | None = None,
 ) -> RunResult:
     """Train `learner` on `data` as `config` says, recording everything in `run_dir`.
 
     A complete run directory with the same config is returned as it is; an incomplete
     one is resumed from its checkpoint (bit-identical on the same device when
     `config.deterministic`); one with a different config is an error.
+    `initial_optimizer_state` (per-parameter state such as momentum, e.g. from
+    `Learner.init_from`) is loaded into a fresh run's optimizer; its hyperparameters
+    (lr, momentum, ...) stay those of `config`.
     """
     run_dir = Path(run_dir)
     device = resolve_device(config.device)
     if runs.status(run_dir) == "complete" and (run_dir / runs.FINAL).exists():
-        _prepare_run_dir(run_dir, config, resume, device)  # checks only: nothing is trained
+        _prepare_run_dir(run_dir, config, resume, device, data)  # checks only: nothing is trained
         return RunResult(run_dir, runs.read_json(run_dir / runs.FINAL), runs.read_metrics(run_dir))
-    ckpt = _prepare_run_dir(run_dir, config, resume, device)
+    ckpt = _prepare_run_dir(run_dir, config, resume, device, data)
 
     with determinism(config.deterministic):
-        return _fit(learner, data, config, run_dir, device, ckpt)
+        return _fit(learner, data, config, run_dir, device, ckpt, initial_optimizer_state)
 
 
-def _fit(learner, data, config, run_dir, device, ckpt) -> RunResult:
+def _fit(learner, data, config, run_dir, device, ckpt, initial_optimizer_state) -> RunResult:
     from . import flops
 
     torch.manual_seed(config.seed)
@@ -303,6 +339,7 @@ def _fit(learner, data, config, run_dir, device, ckpt) -> RunResult:
     )
     test_loader = DeviceLoader(data.x_test, data.y_test, max(config.batch_size, 256), **common)
     opt = make_optimizer(learner, config, device)
+    ratio = _gradient_ratio(learner, opt, config)
     model = torch.compile(learner) if config.compile else learner
 
     start_epoch, records = 0, []
@@ -316,6 +353,8 @@ def _fit(learner, data, config, run_dir, device, ckpt) -> RunResult:
         records = runs.read_metrics(run_dir)[:start_epoch]
         runs.write_metrics(run_dir, records)  # drop epochs logged after the checkpoint
         best = max(records, key=lambda r: r[f"test/{learner.primary_head}/top1"]) if records else None
+    elif initial_optimizer_state is not None:
+        carry_optimizer_state(opt, initial_optimizer_state)
     runs.write_json(run_dir / runs.STATUS, {"state": "running", "epoch": start_epoch})
 
     writer = _tensorboard(run_dir, config, start_epoch)
@@ -332,19 +371,23 @@ def _fit(learner, data, config, run_dir, device, ckpt) -> RunResult:
             sums: dict[str, torch.Tensor] = {}
             n = 0
             for step, (x, y) in enumerate(train_loader):
-                state = TrainState(epoch, config.epochs, step, steps)
-                with amp():
-                    heads = model(x)
-                    total, parts = learner.loss(heads, y, state)
-                opt.zero_grad(set_to_none=True)
-                total.backward()
-                opt.step()
                 bs = y.shape[0]
-                terms = {"loss": total.detach().float(), **{k: v.detach().float() for k, v in parts.items()}}
-                for h, logits in heads.items():
-                    terms[f"{h}/top1"] = (logits.detach().argmax(1) == y).sum().float() * (100.0 / bs)
-                for k, v in terms.items():
-                    sums[k] = sums[k] + v * bs if k in sums else v * bs
+                for sub in range(learner.substeps):
+                    state = TrainState(epoch, config.epochs, step, steps, sub)
+                    with amp():
+                        heads = model(x)
+                        total, parts = learner.loss(heads, y, state)
+                    opt.zero_grad(set_to_none=True)
+                    total.backward()
+                    if ratio is not None:
+                        ratio.update(lr / config.lr)
+                    opt.step()
+                    terms = {"loss": total.detach().float(), **{k: v.detach().float() for k, v in parts.items()}}
+                    if sub == 0:  # accuracy of the heads before this batch's updates
+                        for h, logits in heads.items():
+                            terms[f"{h}/top1"] = (logits.detach().argmax(1) == y).sum().float() * (100.0 / bs)
+                    for k, v in terms.items():
+                        sums[k] = sums[k] + v * bs if k in sums else v * bs
                 n += bs
                 if bar is not None:
                     bar.update(1)

@@ -20,6 +20,7 @@ class TrainState:
     epochs: int  # total epochs of the run
     step: int  # 0-based step within the epoch
     steps_per_epoch: int
+    substep: int = 0  # 0-based optimizer step within the batch (see Learner.substeps)
 
     @property
     def progress(self) -> float:
@@ -32,6 +33,9 @@ class Learner(nn.Module):
 
     #: registry name, e.g. "baseline"; set by subclasses
     method: str = ""
+    #: optimizer steps per batch: the loop runs forward, loss, backward and step this many
+    #: times on each batch with `state.substep` = 0.. (sequential updates, e.g. DML's).
+    substeps: int = 1
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:  # pragma: no cover
         raise NotImplementedError
@@ -45,6 +49,24 @@ class Learner(nn.Module):
     def deployable(self) -> nn.Module:
         """The network used at test time (for TeCost and export); default: self."""
         return self
+
+    def init_from(self, parent: "Learner", optimizer_state: dict | None = None) -> dict | None:
+        """Start from a trained learner's weights; return optimizer state to carry over.
+
+        Default: the same architecture, loaded strictly (a missing, unexpected or
+        mis-shaped key is an error, never silently dropped), momentum carried as is.
+        Methods that change shape on the way (ONE's branch expansion) override this.
+        """
+        self.load_state_dict(parent.state_dict(), strict=True)
+        return optimizer_state
+
+    def last_layer_parameters(self) -> list[nn.Parameter]:
+        """The classifier parameters: the reference of the gradient-ratio scheduler."""
+        deployed = self.deployable()
+        fc = getattr(deployed, "fc", None)
+        if fc is None:
+            raise NotImplementedError(f"{type(self).__name__} must define last_layer_parameters()")
+        return list(fc.parameters())
 
     @property
     def primary_head(self) -> str:

@@ -1,0 +1,266 @@
+"""Branch expansion: a ONE network with more branches, initialised from a trained one.
+
+The claim under test (REFERENCES.md, "Branch expansion") is that a 5-branch network
+started from a trained 3-branch one classifies no worse. That needs the expanded network
+to *compute the old function* at the start; the earlier scripts padded the gate with
+zero rows, which still gives new branches weight (softmax of 0 is not 0). Here:
+
+- ``"duplicate"``: new branch j is a copy of old branch ``j % m``. Its gate row and gate
+  BatchNorm entries are copied too, and every member of a group of k copies of one
+  source gets ``gate_prior = old prior - log k``: the group's softmax weights sum to the
+  source's old weight, so with ``noise=0`` the ensemble is exactly the old one. Copies
+  get identical gradients and would stay identical forever (same data, same loss), so
+  train with ``noise > 0`` (Gaussian, relative to each tensor's std) to break symmetry.
+- ``"fresh"``: new branches are randomly initialised (seeded) and their gate prior is
+  ``fresh_prior`` (default -10): their weight is at most about e^-10 relative to the old
+  branches, so the ensemble moves by ~1e-4 of the logit scale. Trade-off: the gate's
+  gradient on a branch is proportional to its weight, so with a fixed very negative
+  prior the gate practically never lets the new branches in (they still learn from the
+  teacher through their own CE and KL terms). A milder prior (e.g. -3) lets them in
+  sooner at the cost of changing the starting function more; ``set_gate_prior`` lets a
+  caller anneal it. Prefer ``"duplicate"`` when the function must be kept exactly.
+
+Shared layers and existing branches are copied exactly; the old model is untouched.
+``load_state_strict`` and ``expand_optimizer_state`` carry weights and momentum over
+without silently dropping anything.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import re
+from typing import Iterable, Mapping
+
+import torch
+from torch import nn
+
+from .models.multibranch import MultiBranchResNet
+
+STRATEGIES = ("duplicate", "fresh")
+_BRANCH = re.compile(r"(^|\.)branches\.(\d+)\.")
+_GATE = re.compile(r"(^|\.)(gate_fc\.(weight|bias)|gate_bn\.(weight|bias|running_mean|running_var)|gate_prior)$")
+
+
+# ---------------------------------------------------------------- strict loading
+
+
+def load_state_strict(module: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """Load every key of ``state_dict`` into ``module``, or raise naming what does not fit.
+
+    Missing keys, unexpected keys and shape mismatches are all errors (a ``KeyError`` /
+    ``ValueError`` listing the names): a renamed layer can never be dropped silently.
+    """
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    if missing or unexpected:
+        raise KeyError(
+            f"state dict does not match {type(module).__name__}: missing keys {missing}, "
+            f"unexpected keys {unexpected}"
+        )
+    shapes = [
+        f"{k}: {tuple(state_dict[k].shape)} vs {tuple(v.shape)}"
+        for k, v in own.items()
+        if tuple(state_dict[k].shape) != tuple(v.shape)
+    ]
+    if shapes:
+        raise ValueError(f"shape mismatch (given vs expected) for {', '.join(shapes)}")
+    module.load_state_dict(dict(state_dict), strict=True)
+
+
+# ---------------------------------------------------------------- expansion
+
+
+def set_gate_prior(model: MultiBranchResNet, prior: Iterable[float] | torch.Tensor) -> None:
+    """Set the per-branch additive gate offsets (e.g. to anneal a fresh branch's prior)."""
+    value = torch.as_tensor(prior, dtype=model.gate_prior.dtype, device=model.gate_prior.device)
+    if value.shape != model.gate_prior.shape:
+        raise ValueError(f"prior needs shape {tuple(model.gate_prior.shape)}, got {tuple(value.shape)}")
+    model.gate_prior.copy_(value)
+
+
+def branch_sources(m: int, new_m: int, strategy: str) -> list[int | None]:
+    """Old branch each new branch starts from (None: fresh)."""
+    if strategy == "duplicate":
+        return [j % m for j in range(new_m)]
+    return [j if j < m else None for j in range(new_m)]
+
+
+def expand_branches(
+    model: MultiBranchResNet,
+    new_m: int,
+    strategy: str = "duplicate",
+    noise: float = 0.0,
+    seed: int = 0,
+    fresh_prior: float = -10.0,
+) -> MultiBranchResNet:
+    """A new ``new_m``-branch network that starts from ``model`` (see the module doc).
+
+    ``result.branch_sources[j]`` records the old branch that branch j copies (None for
+    fresh ones); ``expand_optimizer_state`` uses it.
+    """
+    m = model.num_branches
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    if not isinstance(new_m, int) or new_m <= m:
+        raise ValueError(f"new_m must be an integer > the current {m} branches, got {new_m!r}")
+    if noise < 0:
+        raise ValueError(f"noise must be >= 0, got {noise!r}")
+    sources = branch_sources(m, new_m, strategy)
+    ref = next(model.parameters())
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        new = MultiBranchResNet(
+            model.base, model.num_classes, model.in_channels, branches=new_m, share=model.share,
+            **model.resnet_kwargs,
+        )
+        new.to(device=ref.device, dtype=ref.dtype)
+        old_sd = model.state_dict()
+        new_sd = new.state_dict()
+        state = {k: _source_value(k, v, old_sd, sources) for k, v in new_sd.items()}
+        _adjust_gate(state, old_sd, sources, fresh_prior)
+        load_state_strict(new, state)
+        if noise > 0:
+            gen = torch.Generator(device=ref.device).manual_seed(seed)
+            _perturb_copies(new, sources, m, noise, gen)
+    new.train(model.training)
+    new.branch_sources = sources
+    return new
+
+
+def _source_value(key: str, fresh: torch.Tensor, old_sd: dict, sources: list[int | None]) -> torch.Tensor:
+    """What the new state entry starts as: old trunk/branch/gate values, or ``fresh``."""
+    if _GATE.search(key):
+        return fresh  # per-branch rows: filled in by _adjust_gate
+    hit = _BRANCH.search(key)
+    if hit is None:
+        return old_sd[key].clone()  # shared layers (and anything else): kept exactly
+    src = sources[int(hit.group(2))]
+    if src is None:
+        return fresh
+    return old_sd[_BRANCH.sub(rf"\g<1>branches.{src}.", key, count=1)].clone()
+
+
+def _adjust_gate(state: dict, old_sd: dict, sources: list[int | None], fresh_prior: float) -> None:
+    """Copy the gate rows of each branch's source; split a source's weight over its copies."""
+    counts: dict[int, int] = {}
+    for s in sources:
+        if s is not None:
+            counts[s] = counts.get(s, 0) + 1
+    for key in [k for k in state if _GATE.search(k)]:
+        old, new = old_sd[key], state[key].clone()
+        for j, s in enumerate(sources):
+            if s is not None:
+                new[j] = old[s]
+            elif key.endswith("gate_prior"):
+                new[j] = fresh_prior
+        if key.endswith("gate_prior"):
+            for j, s in enumerate(sources):
+                if s is not None and counts[s] > 1:
+                    new[j] = old[s] - math.log(counts[s])
+        state[key] = new
+
+
+@torch.no_grad()
+def _perturb_copies(
+    model: MultiBranchResNet, sources: list[int | None], m: int, noise: float, gen: torch.Generator
+) -> None:
+    """Add noise * std(tensor) Gaussian noise to the parameters of the new copies (old
+    branches and the gate stay exact); a tensor with std 0 (e.g. untrained BN) is kept."""
+    for j in range(m, len(sources)):
+        if sources[j] is None:
+            continue
+        for p in model.branches[j].parameters():
+            if p.numel() > 1:
+                p.add_(torch.randn(p.shape, generator=gen, device=p.device, dtype=p.dtype) * (noise * p.std()))
+
+
+# ---------------------------------------------------------------- optimizer state
+
+
+def expand_optimizer_state(
+    old_opt_state: dict,
+    old_model: nn.Module,
+    new_model: nn.Module,
+    new_optimizer: torch.optim.Optimizer,
+    sources: list[int | None] | None = None,
+) -> None:
+    """Carry the old optimizer's per-parameter state (momentum, ...) into ``new_optimizer``.
+
+    ``old_opt_state`` is ``old_optimizer.state_dict()`` of an optimizer built over
+    ``old_model``'s trainable parameters in ``parameters()`` order (as ``train.fit`` and
+    ``gradratio.per_tensor_param_groups`` do). ``old_model`` / ``new_model`` are the
+    multi-branch nets or Learners wrapping them (names may carry a prefix like "net.").
+
+    Kept parameters get their old state; a duplicated branch gets a copy of its source's
+    state (consistent with copying its weights: the copy continues the same trajectory);
+    a fresh branch gets none (the optimizer starts it at zero, as for any new
+    parameter), and its gate rows get zeros. Hyper-parameters of ``new_optimizer`` are
+    left as they are.
+    """
+    if sources is None:
+        sources = getattr(new_model, "branch_sources", None) or getattr(
+            getattr(new_model, "net", None), "branch_sources", None
+        )
+    if sources is None:
+        raise ValueError("pass sources=..., or a model returned by expand_branches (it records them)")
+    old_named = [(n, p) for n, p in old_model.named_parameters() if p.requires_grad]
+    ids = [i for g in old_opt_state["param_groups"] for i in g["params"]]
+    if len(ids) != len(old_named):
+        raise ValueError(
+            f"the old optimizer holds {len(ids)} parameters but old_model has {len(old_named)} trainable ones; "
+            f"it must have been built over old_model's trainable parameters in order"
+        )
+    old_state = {name: old_opt_state["state"].get(i, {}) for i, (name, _) in zip(ids, old_named)}
+    old_shapes = {n: tuple(p.shape) for n, p in old_named}
+
+    by_param = {p: n for n, p in new_model.named_parameters()}
+    for group in new_optimizer.param_groups:
+        for p in group["params"]:
+            name = by_param.get(p)
+            if name is None:
+                raise ValueError("new_optimizer holds a parameter that is not in new_model")
+            st = _new_param_state(name, p, old_state, old_shapes, sources)
+            if st:
+                new_optimizer.state[p] = st
+
+
+def _new_param_state(name, p, old_state, old_shapes, sources) -> dict:
+    if _GATE.search(name):
+        old = old_state.get(name, {})
+        out = {}
+        for k, v in old.items():
+            if torch.is_tensor(v) and v.dim() > 0 and tuple(v.shape) == old_shapes[name]:
+                rows = torch.zeros((len(sources), *v.shape[1:]), dtype=v.dtype, device=p.device)
+                for j, s in enumerate(sources):
+                    if s is not None:
+                        rows[j] = v[s].to(p.device)
+                out[k] = rows
+            else:
+                out[k] = copy.deepcopy(v)
+        return out
+    hit = _BRANCH.search(name)
+    src_name = name
+    if hit is not None:
+        src = sources[int(hit.group(2))]
+        if src is None:
+            return {}
+        src_name = _BRANCH.sub(rf"\g<1>branches.{src}.", name, count=1)
+    if src_name not in old_state:
+        raise KeyError(f"{name}: no parameter {src_name!r} in the old model")
+    if old_shapes[src_name] != tuple(p.shape):
+        raise ValueError(f"{name}: shape {tuple(p.shape)} but the old {src_name} has {old_shapes[src_name]}")
+    return {
+        k: (v.detach().clone().to(p.device) if torch.is_tensor(v) and v.dim() > 0 else copy.deepcopy(v))
+        for k, v in old_state[src_name].items()
+    }
+
+
+__all__ = [
+    "expand_branches",
+    "load_state_strict",
+    "expand_optimizer_state",
+    "set_gate_prior",
+    "branch_sources",
+    "STRATEGIES",
+]

@@ -1,0 +1,130 @@
+"""ONE: On-the-fly Native Ensemble (Lan, Zhu, Gong, NeurIPS 2018).
+
+Loss, exactly as the paper (batch-mean, T = 3 by default)::
+
+    sum_i CE(z_i, y) + CE(z_e, y) + w(e) * T^2 * sum_i KL(softmax(z_e/T).detach() || softmax(z_i/T))
+
+with z_e the gate-weighted teacher. The teacher is detached in the KL term, so
+distillation trains the branches towards the teacher, never the teacher (gate) towards
+the branches; the teacher learns from its own CE term only.
+
+Ablations of the paper's Table 5: ``distill=False`` drops the KL term ("w/o online
+distillation"); ``teacher="average"`` uses the plain mean of the branch logits as the
+teacher, in the CE and the KL terms ("w/o gating"; the gate then gets no gradient);
+"w/o sharing layers" is ``MultiBranchResNet(share=False)``.
+
+``ramp_epochs`` > 0 multiplies the KL term by the reference code's sigmoid ramp
+w(e) = exp(-5 (1 - e/ramp)^2) for e < ramp, 1 after (a README tip of
+Lan1991Xu/ONE_NeurIPS2018, probably not in the paper). As there, e is the integer
+0-based epoch (``state.epoch``), so w is constant within an epoch and epoch-level loss
+logs stay comparable; w(0) = exp(-5) ~ 0.0067. The default 0 disables the ramp.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .. import losses
+from ..models.multibranch import MultiBranchResNet
+from .base import Learner, TrainState
+
+TEACHERS = ("gate", "average")
+
+
+def sigmoid_ramp(epoch: int, ramp_epochs: int) -> float:
+    """exp(-5 (1 - e/ramp)^2) for e < ramp, else 1 (and 1 when ramp_epochs <= 0)."""
+    if ramp_epochs <= 0 or epoch >= ramp_epochs:
+        return 1.0
+    phase = 1.0 - max(0, epoch) / ramp_epochs
+    return math.exp(-5.0 * phase * phase)
+
+
+class ONE(Learner):
+    """m branches trained with CE, plus CE of the teacher and KL from it to each branch.
+
+    Heads: ``branch0..branch{m-1}``, ``ensemble`` (ONE-E) and ``average``. The deployed
+    network is branch 0 with the shared layers (``primary_head = "branch0"``).
+    Loss parts: ``ce_branches`` (sum over branches), ``ce_teacher`` and, when
+    distilling, ``kl`` (sum over branches, already multiplied by T^2 and the ramp).
+    """
+
+    method = "one"
+
+    def __init__(
+        self,
+        net: MultiBranchResNet,
+        temperature: float = 3.0,
+        distill: bool = True,
+        teacher: str = "gate",
+        ramp_epochs: int = 0,
+    ) -> None:
+        super().__init__()
+        if teacher not in TEACHERS:
+            raise ValueError(f"teacher must be one of {TEACHERS}, got {teacher!r}")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature!r}")
+        if int(ramp_epochs) != ramp_epochs or ramp_epochs < 0:
+            raise ValueError(f"ramp_epochs must be an integer >= 0, got {ramp_epochs!r}")
+        self.net = net
+        self.temperature = float(temperature)
+        self.distill = bool(distill)
+        self.teacher = teacher
+        self.ramp_epochs = int(ramp_epochs)
+
+    @property
+    def branch_heads(self) -> list[str]:
+        return [f"branch{i}" for i in range(self.net.num_branches)]
+
+    @property
+    def teacher_head(self) -> str:
+        return "ensemble" if self.teacher == "gate" else "average"
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.net(x)
+
+    def kl_weight(self, state: TrainState) -> float:
+        return sigmoid_ramp(state.epoch, self.ramp_epochs)
+
+    def loss(self, heads, y, state: TrainState):
+        z_t = heads[self.teacher_head]
+        ce_branches = sum(losses.cross_entropy(heads[h], y) for h in self.branch_heads)
+        ce_teacher = losses.cross_entropy(z_t, y)
+        parts = {"ce_branches": ce_branches, "ce_teacher": ce_teacher}
+        total = ce_branches + ce_teacher
+        if self.distill:
+            target = z_t.detach()
+            kl = sum(losses.kd_kl(heads[h], target, self.temperature) for h in self.branch_heads)
+            kl = kl * self.kl_weight(state)
+            parts["kl"] = kl
+            total = total + kl
+        return total, parts
+
+    def deployable(self) -> nn.Module:
+        """Branch 0 with the shared layers (sharing parameters): the ONE target net."""
+        return self.net.branch_net(0)
+
+    @property
+    def primary_head(self) -> str:
+        return "branch0"
+
+    def last_layer_parameters(self) -> list[nn.Parameter]:
+        """The classifiers of all branches (the gradient-ratio scheduler's reference)."""
+        return self.net.classifier_parameters()
+
+
+def build_one(
+    model: str,
+    num_classes: int,
+    in_channels: int = 3,
+    branches: int = 3,
+    share: bool = True,
+    **one_args,
+) -> ONE:
+    """Registry factory: ONE with ``branches`` branches on the CIFAR ResNet ``model``."""
+    net = MultiBranchResNet(model, num_classes, in_channels, branches=branches, share=share)
+    return ONE(net, **one_args)
+
+
+__all__ = ["ONE", "build_one", "sigmoid_ramp", "TEACHERS"]
