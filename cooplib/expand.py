@@ -178,6 +178,31 @@ def _perturb_copies(
 # ---------------------------------------------------------------- optimizer state
 
 
+def expanded_optimizer_state(
+    old_opt_state: dict,
+    old_model: nn.Module,
+    new_model: nn.Module,
+    sources: list[int | None] | None = None,
+) -> dict:
+    """The old optimizer's per-parameter state (momentum, ...) mapped onto ``new_model``.
+
+    ``old_opt_state`` is ``old_optimizer.state_dict()`` of an optimizer built over
+    ``old_model``'s trainable parameters in ``parameters()`` order (as ``train.fit`` and
+    ``gradratio.per_tensor_param_groups`` do). ``old_model`` / ``new_model`` are the
+    multi-branch nets or Learners wrapping them (names may carry a prefix like "net.").
+    Returns ``{"state": {i: ...}}`` indexed like an optimizer built the same way over
+    ``new_model`` (what ``train.carry_optimizer_state`` loads).
+
+    Kept parameters get their old state; a duplicated branch gets a copy of its source's
+    state (consistent with copying its weights: the copy continues the same trajectory);
+    a fresh branch gets none (the optimizer starts it at zero, as for any new
+    parameter), and its gate rows get zeros.
+    """
+    states = _states_by_name(old_opt_state, old_model, new_model, sources)
+    trainable = [n for n, p in new_model.named_parameters() if p.requires_grad]
+    return {"state": {i: states[n] for i, n in enumerate(trainable) if states.get(n)}}
+
+
 def expand_optimizer_state(
     old_opt_state: dict,
     old_model: nn.Module,
@@ -185,19 +210,22 @@ def expand_optimizer_state(
     new_optimizer: torch.optim.Optimizer,
     sources: list[int | None] | None = None,
 ) -> None:
-    """Carry the old optimizer's per-parameter state (momentum, ...) into ``new_optimizer``.
+    """Like ``expanded_optimizer_state``, written straight into ``new_optimizer``'s state
+    (any parameter grouping); its hyper-parameters are left as they are."""
+    states = _states_by_name(old_opt_state, old_model, new_model, sources)
+    by_param = {p: n for n, p in new_model.named_parameters()}
+    for group in new_optimizer.param_groups:
+        for p in group["params"]:
+            name = by_param.get(p)
+            if name is None:
+                raise ValueError("new_optimizer holds a parameter that is not in new_model")
+            if states.get(name):
+                new_optimizer.state[p] = {
+                    k: v.to(p.device) if torch.is_tensor(v) and v.dim() > 0 else v for k, v in states[name].items()
+                }
 
-    ``old_opt_state`` is ``old_optimizer.state_dict()`` of an optimizer built over
-    ``old_model``'s trainable parameters in ``parameters()`` order (as ``train.fit`` and
-    ``gradratio.per_tensor_param_groups`` do). ``old_model`` / ``new_model`` are the
-    multi-branch nets or Learners wrapping them (names may carry a prefix like "net.").
 
-    Kept parameters get their old state; a duplicated branch gets a copy of its source's
-    state (consistent with copying its weights: the copy continues the same trajectory);
-    a fresh branch gets none (the optimizer starts it at zero, as for any new
-    parameter), and its gate rows get zeros. Hyper-parameters of ``new_optimizer`` are
-    left as they are.
-    """
+def _states_by_name(old_opt_state, old_model, new_model, sources) -> dict[str, dict]:
     if sources is None:
         sources = getattr(new_model, "branch_sources", None) or getattr(
             getattr(new_model, "net", None), "branch_sources", None
@@ -211,23 +239,21 @@ def expand_optimizer_state(
             f"the old optimizer holds {len(ids)} parameters but old_model has {len(old_named)} trainable ones; "
             f"it must have been built over old_model's trainable parameters in order"
         )
-    old_state = {name: old_opt_state["state"].get(i, {}) for i, (name, _) in zip(ids, old_named)}
+    saved = old_opt_state["state"]
+    old_state = {name: saved.get(i, saved.get(str(i), {})) for i, (name, _) in zip(ids, old_named)}
     old_shapes = {n: tuple(p.shape) for n, p in old_named}
-
-    by_param = {p: n for n, p in new_model.named_parameters()}
-    for group in new_optimizer.param_groups:
-        for p in group["params"]:
-            name = by_param.get(p)
-            if name is None:
-                raise ValueError("new_optimizer holds a parameter that is not in new_model")
-            st = _new_param_state(name, p, old_state, old_shapes, sources)
-            if st:
-                new_optimizer.state[p] = st
+    return {
+        n: _new_param_state(n, p, old_state, old_shapes, sources)
+        for n, p in new_model.named_parameters()
+        if p.requires_grad
+    }
 
 
 def _new_param_state(name, p, old_state, old_shapes, sources) -> dict:
     if _GATE.search(name):
-        old = old_state.get(name, {})
+        if name not in old_shapes:
+            raise KeyError(f"{name}: no such gate parameter in the old model")
+        old = old_state[name]
         out = {}
         for k, v in old.items():
             if torch.is_tensor(v) and v.dim() > 0 and tuple(v.shape) == old_shapes[name]:
@@ -260,6 +286,7 @@ __all__ = [
     "expand_branches",
     "load_state_strict",
     "expand_optimizer_state",
+    "expanded_optimizer_state",
     "set_gate_prior",
     "branch_sources",
     "STRATEGIES",

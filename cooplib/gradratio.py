@@ -40,12 +40,9 @@ def per_tensor_param_groups(params: Iterable[nn.Parameter], base_lr: float) -> l
     ]
 
 
-def _mean_abs(grads: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-tensor sum |g| (float32, stacked) and element counts, in one foreach call."""
-    norms = torch._foreach_norm(grads, 1)
-    sums = torch.stack([n.to(torch.float32) for n in norms])
-    counts = torch.tensor([g.numel() for g in grads], dtype=torch.float32, device=sums.device)
-    return sums, counts
+def _abs_sums(grads: list[torch.Tensor]) -> torch.Tensor:
+    """Per-tensor sum |g| (float32, stacked), in one foreach call."""
+    return torch.stack([n.to(torch.float32) for n in torch._foreach_norm(grads, 1)])
 
 
 class GradientRatio:
@@ -74,29 +71,47 @@ class GradientRatio:
         self.clip = (lo, hi)
         self._lrs: list[float] = [g["lr"] for g in optimizer.param_groups]
         self._ratios: list[float] = [1.0] * len(self._lrs)
+        self._cache_key: tuple | None = None
+        self._cache: tuple[torch.Tensor, torch.Tensor | None] = (torch.empty(0), None)
 
     def ratios(self) -> torch.Tensor:
-        """Clipped ratios of every group (1 where undefined), on the device, no sync."""
+        """Unclipped ratios of every group (1 where undefined), on the device, no sync."""
         groups = self.optimizer.param_groups
         params = [g["params"][0] for g in groups]
         have = [i for i, p in enumerate(params) if p.grad is not None]
-        last = [p.grad for p in self.last_layer_params if p.grad is not None]
+        last_have = tuple(i for i, p in enumerate(self.last_layer_params) if p.grad is not None)
+        last = [self.last_layer_params[i].grad for i in last_have]
         if not have or not last:
             return torch.ones(len(groups))
         grads = [params[i].grad for i in have] + last
-        sums, counts = _mean_abs(grads)
+        sums = _abs_sums(grads)
+        counts, index = self._layout((tuple(have), last_have), grads, sums.device)
         n = len(have)
         mean = sums[:n] / counts[:n]
         last_mean = sums[n:].sum() / counts[n:].sum()
         ok = (mean > 0) & (last_mean > 0)
-        r = torch.where(ok, last_mean / torch.where(ok, mean, 1.0), 1.0).clamp(*self.clip)
-        out = torch.ones(len(groups), device=r.device)
-        out[torch.tensor(have, device=r.device)] = r
-        return out
+        r = torch.where(ok, last_mean / torch.where(ok, mean, 1.0), 1.0)
+        if index is None:
+            return r
+        return torch.ones(len(groups), device=r.device).index_copy_(0, index, r)
+
+    def _layout(self, which: tuple, grads: list[torch.Tensor], device: torch.device):
+        """Element counts and scatter index for this set of tensors with gradients, cached
+        so that a step copies nothing from the host."""
+        key = (which, device)
+        have = which[0]
+        if self._cache_key != key:
+            counts = torch.tensor([g.numel() for g in grads], dtype=torch.float32, device=device)
+            full = len(have) == len(self.optimizer.param_groups)
+            index = None if full else torch.tensor(have, dtype=torch.long, device=device)
+            self._cache_key, self._cache = key, (counts, index)
+        return self._cache
 
     def update(self, factor: float) -> None:
         """Set every group's lr = base_lr * factor * ratio (call after backward)."""
-        self._ratios = self.ratios().tolist()  # the one host sync per step
+        lo, hi = self.clip
+        # the one host sync per step; clipping in python keeps the bounds exact
+        self._ratios = [min(max(r, lo), hi) for r in self.ratios().tolist()]
         lrs = []
         for group, r in zip(self.optimizer.param_groups, self._ratios):
             group["lr"] = group["base_lr"] * float(factor) * r

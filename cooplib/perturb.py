@@ -19,7 +19,7 @@ Two kinds of direction:
   parameters (BN scale/shift, biases) are zeroed (their ``--xignore biasbn``, the
   setting of their figures) or, with ``one_dim="copy"``, set to theta's values (their
   other option). Then d is in units of the weights' own scale (d = 1 moves every
-  filter by its own norm), a scale-invariant second view.
+  filter by its own norm), a scale-invariant second view; its default grid is [0, 1].
 
 Buffers (BN running statistics) are never touched; evaluation is in eval mode under
 no_grad, so they are used, not updated. The original weights are restored bit for bit
@@ -43,7 +43,12 @@ from torch import nn
 from .data import DeviceLoader, ImageData
 
 Normalize = Literal["unit", "filter"]
-DEFAULT_DISTANCES: tuple[float, ...] = tuple(0.5 * i for i in range(11))  # 0, 0.5, ..., 5
+#: default grids: the paper's d in [0, 5] for unit directions; [0, 1] for filter-normalised
+#: ones, where d = 1 already moves every filter by its own norm (Li et al. plot [-1, 1])
+DEFAULT_DISTANCES: dict[str, tuple[float, ...]] = {
+    "unit": tuple(0.5 * i for i in range(11)),  # 0, 0.5, ..., 5
+    "filter": tuple(round(0.1 * i, 10) for i in range(11)),  # 0, 0.1, ..., 1
+}
 METRICS = ("train_ce", "train_error", "test_ce", "test_error")
 
 __all__ = [
@@ -191,7 +196,7 @@ def perturbation_curves(
     module: nn.Module,
     train_loader: Iterable,
     test_loader: Iterable,
-    distances: Sequence[float] = DEFAULT_DISTANCES,
+    distances: Sequence[float] | None = None,
     directions: int = 5,
     seed: int = 0,
     normalize: Normalize = "unit",
@@ -204,7 +209,8 @@ def perturbation_curves(
     """Train CE / error and test CE / error (percent) of ``module`` at theta + d * v.
 
     One row per (direction, distance): columns ``direction, distance, train_ce,
-    train_error, test_ce, test_error``. Directions are drawn one after another from a
+    train_error, test_ce, test_error``. ``distances`` default to
+    ``DEFAULT_DISTANCES[normalize]``. Directions are drawn one after another from a
     generator seeded with ``seed`` (direction i is the same whatever ``directions`` is).
     ``head``: which output to score when the module returns a dict (default its
     ``primary_head``, or its only head). Loaders are any re-iterable of (x, y) batches on
@@ -212,7 +218,9 @@ def perturbation_curves(
     ``max_batches`` caps the batches of each loader for a quick look. d = 0 is evaluated
     once at the untouched weights. Weights are restored bit-exactly, even on error.
     """
-    dists = [float(d) for d in distances]
+    if normalize not in DEFAULT_DISTANCES:
+        raise ValueError(f"normalize must be 'unit' or 'filter', got {normalize!r}")
+    dists = [float(d) for d in (DEFAULT_DISTANCES[normalize] if distances is None else distances)]
     if not dists or not all(math.isfinite(d) for d in dists):
         raise ValueError(f"distances must be a non-empty sequence of finite numbers, got {distances!r}")
     if int(directions) < 1:
@@ -229,6 +237,7 @@ def perturbation_curves(
     train, test = _Limited(train_loader, max_batches), _Limited(test_loader, max_batches)
     generator = torch.Generator().manual_seed(int(seed))
     origin = [p.detach().clone() for p in params]
+    modes = [(m, m.training) for m in module.modules()]  # `evaluate` skips this on error
     rows: list[dict] = []
     at_zero: dict[str, float] | None = None
     bar = _progress(int(directions) * sum(d != 0 for d in dists) + (0 in dists), progress)
@@ -250,6 +259,8 @@ def perturbation_curves(
             del v
     finally:
         _set_weights(params, origin)
+        for m, mode in modes:
+            m.training = mode
         bar.close()
     return pd.DataFrame(rows, columns=["direction", "distance", *METRICS])
 

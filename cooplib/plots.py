@@ -38,3 +38,25 @@ def learning_rate(metrics: pd.DataFrame):
     sns.lineplot(data=metrics, x="epoch", y="lr", hue="run", ax=ax, legend=False)
     ax.set(yscale="log", title="learning rate applied", ylabel="lr")
     return fig
+
+
+def head_curves(metrics: pd.DataFrame, heads: list[str] | None = None, col: str | None = None,
+                style: str | None = None, stat: str = "top1", split: str = "test", title: str | None = None,
+                style_order: list | None = None):
+    """Per-head curves (e.g. every peer or branch) against epoch, faceted by `col`.
+
+    `style` separates variants within a facet (e.g. `method_args.mutual`); bands are
+    the standard deviation over seeds.
+    """
+    df = long_metrics(metrics, split, stat)
+    if heads is not None:
+        df = df[df["head"].isin(heads)]
+    if df.empty:
+        raise ValueError(f"no {split}/<head>/{stat} columns for heads {heads}")
+    sns.set_theme(style="whitegrid", context="notebook")
+    grid = sns.relplot(data=df, x="epoch", y=stat, hue="head", col=col, style=style, style_order=style_order, kind="line",
+                       errorbar="sd", height=3.6, aspect=1.2, facet_kws={"sharey": True})
+    grid.set_ylabels(f"{split} top-{stat[-1]} %" if stat.startswith("top") else stat)
+    if title:
+        grid.figure.suptitle(title, y=1.03)
+    return grid.figure

@@ -54,3 +54,44 @@ def summary_table(frame: pd.DataFrame, head: str = "net", by: tuple[str, ...] = 
             row["TeCost FLOPs"] = f"{g['test_flops'].iloc[0]:.3e}"
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def head_values(frame: pd.DataFrame, which: str = "last", split: str = "test", stat: str = "top1") -> pd.DataFrame:
+    """Long form of every head's metric: one row per (run, head) with the run's columns."""
+    prefix, suffix = f"{which}/{split}/", f"/{stat}"
+    cols = [c for c in frame.columns if c.startswith(prefix) and c.endswith(suffix)]
+    id_cols = [c for c in frame.columns if not c.startswith(("last/", "best/"))]
+    out = frame.melt(id_vars=id_cols, value_vars=cols, var_name="head", value_name=stat).dropna(subset=[stat])
+    out["head"] = out["head"].str[len(prefix) : -len(suffix)]
+    return out
+
+
+def dml_summary(frame: pd.DataFrame) -> pd.DataFrame:
+    """DML vs independent peers, per number of peers K (mean ± std over seeds).
+
+    Peer accuracy is the mean over the K peers of each run, then over seeds; the
+    ensemble is the `average` head; the gain is DML minus independent at the same K.
+    """
+    rows = []
+    for (k, mutual), g in frame.groupby(["method_args.peers", "method_args.mutual"]):
+        peers = [f"peer{i}" for i in range(int(k))]
+
+        def per_run(stat, which="last", split="test"):
+            return g[[f"{which}/{split}/{p}/{stat}" for p in peers]].mean(axis=1)
+
+        rows.append({
+            "peers": int(k), "training": "DML" if mutual else "independent", "seeds": len(g),
+            "_top1": per_run("top1").mean(),
+            "peer top-1 %": mean_std(per_run("top1")),
+            "peer top-5 %": mean_std(per_run("top5")),
+            "peer train top-1 %": mean_std(g[[f"last/train/{p}/top1" for p in peers]].mean(axis=1)),
+            "peer train CE": mean_std(g[[f"last/train/ce/{p}" for p in peers]].mean(axis=1), 4),
+            "ensemble top-1 %": mean_std(g["last/test/average/top1"]),
+        })
+    out = pd.DataFrame(rows).sort_values(["peers", "training"], ascending=[True, False])
+    indep = out[out["training"] == "independent"].set_index("peers")["_top1"]
+    out["gain over independent"] = [
+        f"{r['_top1'] - indep[r['peers']]:+.2f}" if r["training"] == "DML" and r["peers"] in indep else ""
+        for _, r in out.iterrows()
+    ]
+    return out.drop(columns="_top1").reset_index(drop=True)

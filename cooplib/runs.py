@@ -102,6 +102,7 @@ def load_runs(root: str | Path | Iterable[str | Path]) -> pd.DataFrame:
         meta = read_json(run_dir / CONFIG)
         row = {"run_dir": str(run_dir), "run": run_dir.name, "status": status(run_dir)}
         row.update(_flat("", meta["config"]))
+        row.update({f"method_args.{k}": v for k, v in meta["config"].get("method_args", {}).items()})
         row["device_name"] = meta.get("device_name")
         final_path = run_dir / FINAL
         if final_path.exists():
@@ -131,6 +132,8 @@ def load_metrics(root: str | Path | Iterable[str | Path]) -> pd.DataFrame:
         df.insert(0, "run", run_dir.name)
         for key in ("method", "model", "dataset", "seed"):
             df.insert(1, key, cfg[key])
+        for key, value in cfg.get("method_args", {}).items():
+            df[f"method_args.{key}"] = value if not isinstance(value, (list, dict)) else str(value)
         frames.append(df)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
@@ -139,7 +142,7 @@ def long_metrics(metrics: pd.DataFrame, split: str = "test", stat: str = "top1")
     """Melt `split/<head>/stat` columns into rows with a `head` column (for plotting)."""
     prefix, suffix = f"{split}/", f"/{stat}"
     cols = [c for c in metrics.columns if c.startswith(prefix) and c.endswith(suffix)]
-    id_cols = [c for c in ("run", "method", "model", "dataset", "seed", "epoch") if c in metrics.columns]
+    id_cols = [c for c in metrics.columns if c in ("run", "method", "model", "dataset", "seed", "epoch") or c.startswith("method_args.")]
     out = metrics.melt(id_vars=id_cols, value_vars=cols, var_name="head", value_name=stat)
     out["head"] = out["head"].str[len(prefix) : -len(suffix)]
     return out

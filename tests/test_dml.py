@@ -5,7 +5,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cooplib.methods.base import TrainState
@@ -148,6 +147,25 @@ def test_sequential_substeps_with_sgd_follow_algorithm_1():
     assert torch.allclose(total, hand_peer_loss([z0_after, heads["peer1"].detach()], 1, y, 1.0), rtol=1e-5)
 
 
+def test_fit_sequential_logs_the_joint_modes_terms(tiny_data, tmp_path):
+    """Through the real loop: K substeps per batch, per-peer parts, loss = sum over peers."""
+    from cooplib import train
+    from cooplib.config import RunConfig
+
+    update = "sequential"
+
+    torch.manual_seed(0)
+    dml = build_dml("resnet8", tiny_data.num_classes, tiny_data.in_channels, update=update)
+    config = RunConfig(model="resnet8", dataset="quadrants", epochs=1, batch_size=48, lr=0.05,
+                       progress=False, tensorboard=False, device="cpu", method="dml",
+                       method_args={"update": update})
+    record = train.fit(dml, tiny_data, config, tmp_path / update).metrics[-1]
+    parts = [f"train/{n}/peer{k}" for k in range(2) for n in ("ce", "kl")]
+    assert all(p in record for p in parts)
+    assert record["train/loss"] == pytest.approx(sum(record[p] for p in parts), rel=1e-5)
+    assert {"test/peer0/top1", "test/peer1/top1", "test/average/top1"} <= set(record)
+
+
 def test_dml_default_mode_is_joint_one_substep():
     dml = DML(linear_peers(2))
     assert dml.update == "joint" and dml.substeps == 1
@@ -162,6 +180,8 @@ def test_heterogeneous_peers_build_and_forward():
         heads = dml(torch.randn(2, 3, 8, 8))
     assert {k: tuple(v.shape) for k, v in heads.items()} == {"peer0": (2, 4), "peer1": (2, 4), "average": (2, 4)}
     assert build_dml("resnet8+resnet14", 4).peers[1].depth == 14
+    fcs = dml.last_layer_parameters()  # every peer's classifier, for the gradient-ratio lr
+    assert len(fcs) == 4 and all(any(p is q for q in peer.fc.parameters()) for p, peer in zip(fcs[::2], dml.peers))
 
 
 def test_build_independent_init_and_peer_count():

@@ -11,6 +11,7 @@ from .. import models
 from ..errors import suggest
 from .base import Learner, TrainState
 from .baseline import Baseline
+from .dml import DML, build_dml
 
 
 def _baseline(model: str, num_classes: int, in_channels: int, **args) -> Learner:
@@ -19,7 +20,18 @@ def _baseline(model: str, num_classes: int, in_channels: int, **args) -> Learner
 
 METHODS: dict[str, tuple[Callable[..., Learner], type]] = {
     "baseline": (_baseline, Baseline),
+    "dml": (build_dml, DML),
 }
+
+
+def _accepted_args(factory: Callable, cls: type) -> set[str]:
+    """Keyword arguments a method takes: its factory's own, plus the Learner's if forwarded."""
+    params = inspect.signature(factory).parameters
+    own = {n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    own -= {"model", "num_classes", "in_channels"}
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        own |= set(inspect.signature(cls.__init__).parameters) - {"self", "net", "peers", "args", "kwargs"} | own
+    return own
 
 
 def names() -> list[str]:
@@ -31,7 +43,7 @@ def build(method: str, model: str, num_classes: int, in_channels: int = 3, **arg
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; available: {', '.join(names())}{suggest(method, METHODS)}")
     factory, cls = METHODS[method]
-    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "net"}
+    accepted = _accepted_args(factory, cls)
     unknown = set(args) - accepted
     if unknown:
         bad = sorted(unknown)[0]
@@ -42,4 +54,4 @@ def build(method: str, model: str, num_classes: int, in_channels: int = 3, **arg
     return factory(model, num_classes, in_channels, **args)
 
 
-__all__ = ["Learner", "TrainState", "Baseline", "build", "names", "METHODS"]
+__all__ = ["Learner", "TrainState", "Baseline", "DML", "build", "names", "METHODS"]

@@ -92,7 +92,7 @@ class DML(Learner):
     def loss(self, heads, y, state: TrainState):
         logits = [heads[f"peer{k}"] for k in range(self.num_peers)]
         if self.update == "sequential":
-            s = int(getattr(state, "substep", 0))  # TrainState.substep once the loop has it
+            s = int(state.substep)
             if not 0 <= s < self.num_peers:
                 raise ValueError(f"substep {s} out of range for {self.num_peers} peers")
             trained = [s]
@@ -106,6 +106,14 @@ class DML(Learner):
 
     def deployable(self) -> nn.Module:
         return self.peers[0]
+
+    def last_layer_parameters(self) -> list[nn.Parameter]:
+        """Every peer's classifier (as ONE pools every branch's) for the gradient-ratio
+        scheduler; in sequential mode only the peer being updated has gradients."""
+        missing = [k for k, peer in enumerate(self.peers) if getattr(peer, "fc", None) is None]
+        if missing:
+            raise NotImplementedError(f"DML peers {missing} have no `fc` classifier")
+        return [p for peer in self.peers for p in peer.fc.parameters()]
 
     @property
     def primary_head(self) -> str:

@@ -13,6 +13,13 @@ distillation"); ``teacher="average"`` uses the plain mean of the branch logits a
 teacher, in the CE and the KL terms ("w/o gating"; the gate then gets no gradient);
 "w/o sharing layers" is ``MultiBranchResNet(share=False)``.
 
+``init_from(parent)`` (used by ``RunConfig.init_from``) starts from a trained ONE
+network; when this one has more branches, it is the parent expanded by
+``cooplib.expand.expand_branches`` (``expand``, ``expand_noise``, ``expand_prior``) with
+the momentum carried over likewise. The expansion is seeded with the torch seed in
+force when this learner was built (``experiment.build_learner`` seeds with
+``config.seed``), so replicate runs differ and each is reproducible.
+
 ``ramp_epochs`` > 0 multiplies the KL term by the reference code's sigmoid ramp
 w(e) = exp(-5 (1 - e/ramp)^2) for e < ramp, 1 after (a README tip of
 Lan1991Xu/ONE_NeurIPS2018, probably not in the paper). As there, e is the integer
@@ -26,6 +33,7 @@ import math
 import torch
 from torch import nn
 
+from .. import expand as _expand
 from .. import losses
 from ..models.multibranch import MultiBranchResNet
 from .base import Learner, TrainState
@@ -59,6 +67,9 @@ class ONE(Learner):
         distill: bool = True,
         teacher: str = "gate",
         ramp_epochs: int = 0,
+        expand: str = "duplicate",
+        expand_noise: float = 0.01,
+        expand_prior: float = -10.0,
     ) -> None:
         super().__init__()
         if teacher not in TEACHERS:
@@ -67,7 +78,13 @@ class ONE(Learner):
             raise ValueError(f"temperature must be > 0, got {temperature!r}")
         if int(ramp_epochs) != ramp_epochs or ramp_epochs < 0:
             raise ValueError(f"ramp_epochs must be an integer >= 0, got {ramp_epochs!r}")
+        if expand not in _expand.STRATEGIES:
+            raise ValueError(f"expand must be one of {_expand.STRATEGIES}, got {expand!r}")
+        if expand_noise < 0:
+            raise ValueError(f"expand_noise must be >= 0, got {expand_noise!r}")
         self.net = net
+        self.expand, self.expand_noise, self.expand_prior = expand, float(expand_noise), float(expand_prior)
+        self._seed = torch.initial_seed()
         self.temperature = float(temperature)
         self.distill = bool(distill)
         self.teacher = teacher
@@ -100,6 +117,29 @@ class ONE(Learner):
             parts["kl"] = kl
             total = total + kl
         return total, parts
+
+    def init_from(self, parent: Learner, optimizer_state: dict | None = None) -> dict | None:
+        """Start from a trained ONE learner: the same branch count loads strictly; fewer
+        branches are expanded to ours (the function kept, up to ``expand_noise``).
+
+        Duplicates default to noise 0.01 (relative to each tensor's std), unlike
+        ``expand_branches``' exact default: identical copies get identical gradients and
+        would never diverge in training.
+        """
+        if not isinstance(parent, ONE):
+            raise TypeError(f"ONE can start only from a ONE learner, not {type(parent).__name__}")
+        m_old, m_new = parent.net.num_branches, self.net.num_branches
+        if m_old == m_new:
+            return super().init_from(parent, optimizer_state)
+        if m_old > m_new:
+            raise ValueError(f"cannot start a {m_new}-branch ONE from a {m_old}-branch one (only expansion)")
+        grown = _expand.expand_branches(
+            parent.net, m_new, self.expand, noise=self.expand_noise, seed=self._seed, fresh_prior=self.expand_prior
+        )
+        _expand.load_state_strict(self.net, grown.state_dict())
+        if optimizer_state is None:
+            return None
+        return _expand.expanded_optimizer_state(optimizer_state, parent, self, grown.branch_sources)
 
     def deployable(self) -> nn.Module:
         """Branch 0 with the shared layers (sharing parameters): the ONE target net."""

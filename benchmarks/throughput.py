@@ -1,0 +1,182 @@
+"""Training throughput: cooplib's loop against a reference-style loop, in one run.
+
+    python benchmarks/throughput.py            # ResNet-32 baseline, ONE-3, DML-2 at batch 128
+    python benchmarks/throughput.py --quick    # tiny CPU-sized version (a test runs it)
+
+(a) cooplib: `train.fit` itself on CIFAR-shaped synthetic uint8 data held on the device
+    (batched crop + flip there, bf16 autocast and channels_last on CUDA, fused SGD, no
+    per-step host sync, optional torch.compile / packing as named options).
+(b) reference-style: the way the published reference code trains — torchvision
+    DataLoader with per-image PIL RandomCrop(32, padding=4) + RandomHorizontalFlip +
+    ToTensor + Normalize in worker processes, fp32 eager, `loss.item()` every step —
+    with the same Learner (same network and loss), so only the loop differs.
+
+The first epoch of (a) is reported separately as warm-up (it includes torch.compile);
+the steady state is the median of the following epochs. For (b) the first `warmup`
+steps are excluded. Results go to stdout (one table) and benchmarks/results/*.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms
+
+from cooplib import methods, train
+from cooplib.config import RunConfig
+from cooplib.data import Augment, ImageData
+
+CIFAR_MEAN, CIFAR_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def synthetic_cifar(n_train: int, n_test: int, classes: int = 100, seed: int = 0) -> ImageData:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (n_train + n_test, 3, 32, 32), generator=g, dtype=torch.uint8)
+    y = torch.randint(0, classes, (n_train + n_test,), generator=g)
+    return ImageData("synthetic-cifar", x[:n_train], y[:n_train], x[n_train:], y[n_train:],
+                     [str(i) for i in range(classes)], CIFAR_MEAN, CIFAR_STD, Augment(4, True))
+
+
+class PILDataset(Dataset):
+    """A torchvision-style dataset: numpy HWC uint8 -> PIL -> per-image transforms."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor):
+        self.x = x.permute(0, 2, 3, 1).numpy()
+        self.y = y.numpy()
+        self.tf = transforms.Compose([
+            transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(), transforms.Normalize(CIFAR_MEAN, CIFAR_STD),
+        ])
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return self.tf(Image.fromarray(self.x[i])), int(self.y[i])
+
+
+def reference_loop(learner, data: ImageData, batch: int, steps: int, warmup: int, workers: int, device) -> dict:
+    """img/s of the reference-style loop over `steps` steps after `warmup` steps."""
+    learner.to(device).train()
+    opt = torch.optim.SGD(learner.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
+    loader = DataLoader(PILDataset(data.x_train, data.y_train), batch_size=batch, shuffle=True,
+                        num_workers=workers, pin_memory=device.type == "cuda", drop_last=True,
+                        persistent_workers=workers > 0)
+    done, t0, seen = 0, None, 0
+    while done < warmup + steps:
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            heads = learner(x)
+            loss, _ = learner.loss(heads, y, train.TrainState(0, 1, done, len(loader)))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            _ = loss.item()  # the per-step host sync of the reference code
+            done += 1
+            if done == warmup:
+                t0 = time.perf_counter()
+            elif done > warmup:
+                seen += len(y)
+            if done >= warmup + steps:
+                break
+    secs = time.perf_counter() - t0
+    return {"images_per_s": seen / secs, "steps": steps, "seconds": secs}
+
+
+def cooplib_loop(learner, data: ImageData, config: RunConfig) -> dict:
+    """img/s of `train.fit` from its per-epoch `seconds` (epoch 1 = warm-up/compile)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        res = train.fit(learner, data, config, Path(tmp) / "run")
+    secs = [r["seconds"] for r in res.metrics]
+    steady = statistics.median(secs[1:]) if len(secs) > 1 else secs[0]
+    n = len(data.y_train)
+    return {"images_per_s": n / steady, "epoch_seconds": secs, "warmup_seconds": secs[0], "steady_epoch_seconds": steady}
+
+
+def build(method: str, model: str, packed: bool) -> methods.Learner:
+    torch.manual_seed(0)
+    args = {"baseline": {}, "one": {"branches": 3}, "dml": {"peers": 2}}[method]
+    if packed and method != "baseline":
+        args["packed"] = True
+    return methods.build(method, model, 100, 3, **args)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="tiny CPU-sized run (resnet8, few images)")
+    ap.add_argument("--methods", nargs="+", default=["baseline", "one", "dml"])
+    ap.add_argument("--model", default=None, help="default resnet32 (resnet8 with --quick)")
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--images", type=int, default=None, help="training images per epoch for (a); default 50,000 on CUDA")
+    ap.add_argument("--epochs", type=int, default=None, help="epochs of (a), the first is warm-up")
+    ap.add_argument("--ref-steps", type=int, default=None, help="timed steps of (b)")
+    ap.add_argument("--workers", type=int, default=None, help="DataLoader workers of (b)")
+    ap.add_argument("--compile", action="store_true", help="(a) with torch.compile")
+    ap.add_argument("--packed", action="store_true", help="(a) with packed branches/peers")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/<date>-<device>.json)")
+    args = ap.parse_args(argv)
+
+    device = train.resolve_device(args.device)
+    cuda = device.type == "cuda"
+    model = args.model or ("resnet8" if args.quick else "resnet32")
+    images = args.images or (256 if args.quick else 50_000 if cuda else 2_048)
+    epochs = args.epochs or (2 if args.quick else 4)
+    ref_steps = args.ref_steps or (2 if args.quick else 100 if cuda else 10)
+    workers = args.workers if args.workers is not None else (0 if args.quick else min(8, max(1, (torch.get_num_threads() or 2))))
+    batch = 32 if args.quick and args.batch == 128 else args.batch
+    data = synthetic_cifar(images, batch * 2)
+    config = RunConfig(method="baseline", model=model, dataset="synthetic-cifar", epochs=epochs, batch_size=batch,
+                       device=str(device), compile=args.compile, progress=False, tensorboard=False, augment="default")
+
+    rows = []
+    for method in args.methods:
+        fast = cooplib_loop(build(method, model, args.packed), data, config.replace(method=method))
+        ref = reference_loop(build(method, model, False), data, batch, ref_steps, 1 if args.quick else 5, workers, device)
+        rows.append({
+            "method": method, "model": model, "batch": batch,
+            "cooplib_images_per_s": fast["images_per_s"],
+            "cooplib_s_per_50k_epoch": 50_000 / fast["images_per_s"],
+            "cooplib_warmup_epoch_s": fast["warmup_seconds"],
+            "cooplib_epoch_seconds": fast["epoch_seconds"],
+            "reference_images_per_s": ref["images_per_s"],
+            "reference_s_per_50k_epoch": 50_000 / ref["images_per_s"],
+            "speedup": fast["images_per_s"] / ref["images_per_s"],
+        })
+
+    env = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "device": torch.cuda.get_device_name(device) if cuda else f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+        "torch": torch.__version__, "torchvision": torchvision.__version__, "cuda": torch.version.cuda,
+        "cooplib_dtype": "bf16 autocast" if cuda else "fp32", "reference_dtype": "fp32",
+        "compile": args.compile, "packed": args.packed, "channels_last": cuda, "images_per_epoch": images,
+        "epochs": epochs, "reference_steps": ref_steps, "reference_workers": workers, "quick": args.quick,
+        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+    }
+    out = Path(args.out) if args.out else RESULTS / f"{time.strftime('%Y%m%d-%H%M%S')}-{'cuda' if cuda else 'cpu'}{'-quick' if args.quick else ''}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"env": env, "rows": rows}, indent=2) + "\n")
+
+    print(f"device: {env['device']} | torch {env['torch']} | compile={args.compile} packed={args.packed}")
+    print(f"{'method':10s} {'cooplib img/s':>14s} {'s/50k epoch':>12s} {'warm-up s':>10s} {'reference img/s':>16s} {'s/50k epoch':>12s} {'ratio':>7s}")
+    for r in rows:
+        print(f"{r['method']:10s} {r['cooplib_images_per_s']:14.1f} {r['cooplib_s_per_50k_epoch']:12.2f} {r['cooplib_warmup_epoch_s']:10.2f} "
+              f"{r['reference_images_per_s']:16.1f} {r['reference_s_per_50k_epoch']:12.2f} {r['speedup']:7.2f}")
+    print(f"written: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
