@@ -324,3 +324,33 @@ def flatness(df: pd.DataFrame, rise: float = 1.0, by: str | Sequence[str] | None
         })
     out = pd.DataFrame(rows)
     return out.set_index(keys) if keys else out
+
+
+def curves_for_runs(
+    solutions: dict[str, "str | os.PathLike"],
+    weights: str = "last",
+    eval_train_size: int | None = None,
+    device: str = "auto",
+    **curve_options,
+) -> pd.DataFrame:
+    """`perturbation_curves` of the deployed network of each named run directory.
+
+    `solutions` maps a label (e.g. "vanilla", "DML", "ONE") to a run directory; each
+    run's Learner is rebuilt from its files (`experiment.load_learner`), its deployable
+    network (baseline net, DML peer 0, ONE branch 0 with the shared layers) perturbed
+    on its own un-augmented data. Returns the curves with a `solution` column.
+    """
+    from . import experiment, runs
+    from .config import RunConfig
+    from .train import resolve_device
+
+    dev = resolve_device(device)
+    frames = []
+    for label, run_dir in solutions.items():
+        config = RunConfig.from_dict(runs.read_json(os.path.join(run_dir, runs.CONFIG))["config"])
+        net = experiment.load_learner(run_dir, weights).deployable().to(dev)
+        train, test = eval_loaders(experiment.load_data(config), dev, train_size=eval_train_size)
+        df = perturbation_curves(net, train, test, **curve_options)
+        df.insert(0, "solution", label)
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True)

@@ -60,3 +60,24 @@ def head_curves(metrics: pd.DataFrame, heads: list[str] | None = None, col: str 
     if title:
         grid.figure.suptitle(title, y=1.03)
     return grid.figure
+
+
+def perturbation(curves: pd.DataFrame, title: str | None = None, x_label: str = "distance d along a random unit direction"):
+    """Train CE and test error against the perturbation distance (ONE paper, Figure 3).
+
+    One thin line per random direction and a bold line for their mean, per solution.
+    """
+    sns.set_theme(style="whitegrid", context="notebook")
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4), constrained_layout=True)
+    palette = dict(zip(curves["solution"].unique(), sns.color_palette(n_colors=curves["solution"].nunique())))
+    for ax, (col, label) in zip(axes, (("train_ce", "train cross-entropy"), ("test_error", "test error %"))):
+        for solution, g in curves.groupby("solution", sort=False):
+            for _, d in g.groupby("direction"):
+                ax.plot(d["distance"], d[col], color=palette[solution], alpha=0.25, lw=0.8)
+            mean = g.groupby("distance")[col].mean()
+            ax.plot(mean.index, mean.values, color=palette[solution], lw=2.5, label=f"{solution} (mean)")
+        ax.set(xlabel=x_label, ylabel=label, title=label)
+    axes[0].legend()
+    if title:
+        fig.suptitle(title)
+    return fig

@@ -400,6 +400,8 @@ def _fit(learner, data, config, run_dir, device, ckpt, initial_optimizer_state) 
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             record = {"epoch": epoch + 1, "lr": lr, "seconds": time.perf_counter() - t0, **train_metrics, **test_metrics}
+            if ratio is not None:
+                record.update(ratio.last_lrs())
             records.append(record)
             is_best = best is None or record[primary] > best[primary]
             if is_best:

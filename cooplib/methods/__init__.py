@@ -12,6 +12,7 @@ from ..errors import suggest
 from .base import Learner, TrainState
 from .baseline import Baseline
 from .dml import DML, build_dml
+from .one import ONE, build_one
 
 
 def _baseline(model: str, num_classes: int, in_channels: int, **args) -> Learner:
@@ -21,6 +22,7 @@ def _baseline(model: str, num_classes: int, in_channels: int, **args) -> Learner
 METHODS: dict[str, tuple[Callable[..., Learner], type]] = {
     "baseline": (_baseline, Baseline),
     "dml": (build_dml, DML),
+    "one": (build_one, ONE),
 }
 
 
@@ -54,4 +56,4 @@ def build(method: str, model: str, num_classes: int, in_channels: int = 3, **arg
     return factory(model, num_classes, in_channels, **args)
 
 
-__all__ = ["Learner", "TrainState", "Baseline", "DML", "build", "names", "METHODS"]
+__all__ = ["Learner", "TrainState", "Baseline", "DML", "ONE", "build", "names", "METHODS"]
