@@ -95,3 +95,20 @@ def run_all(configs: Iterable[RunConfig], out_dir: str | Path | None = None) -> 
         learner, opt_state = build_learner(config, data)
         dirs.append(fit(learner, data, config, target, initial_optimizer_state=opt_state).run_dir)
     return dirs
+
+
+def evaluate_initial(config: RunConfig) -> dict[str, float]:
+    """Test metrics of the Learner `config` starts from, before any training step.
+
+    With `init_from`, this is what the inherited (e.g. expanded) weights compute:
+    the check that an expansion preserved the function.
+    """
+    from .data import DeviceLoader
+    from .train import autocast_dtype, evaluate, resolve_device
+
+    data = load_data(config)
+    learner, _ = build_learner(config, data)
+    device = resolve_device(config.device)
+    learner.to(device)
+    loader = DeviceLoader(data.x_test, data.y_test, 256, device=device, mean=data.mean, std=data.std)
+    return evaluate(learner, loader, autocast_dtype(config, device), device)

@@ -95,3 +95,69 @@ def dml_summary(frame: pd.DataFrame) -> pd.DataFrame:
         for _, r in out.iterrows()
     ]
     return out.drop(columns="_top1").reset_index(drop=True)
+
+
+def _branch_heads(frame: pd.DataFrame) -> list[str]:
+    heads = sorted({c.split("/")[2] for c in frame.columns if c.startswith("last/test/branch") and c.endswith("/top1")},
+                   key=lambda h: int(h[len("branch"):]))
+    return heads
+
+
+def one_summary(frame: pd.DataFrame, by: str = "label") -> pd.DataFrame:
+    """ONE-style results per variant: branches (mean ± std over branches and seeds),
+    branch 0 (the deployed net), ONE-E (gate ensemble) and the plain average, top-1 and top-5.
+
+    A baseline run appears with its single head `net` as its only "branch".
+    """
+    rows = []
+    for label, g in frame.groupby(by, sort=False):
+        heads = [h for h in _branch_heads(g) if g[f"last/test/{h}/top1"].notna().any()] or ["net"]
+        row = {by: label, "branches": len(heads), "seeds": len(g)}
+        for stat in ("top1", "top5"):
+            values = pd.concat([g[f"last/test/{h}/top1" if stat == "top1" else f"last/test/{h}/top5"] for h in heads])
+            row[f"branch {stat} %"] = mean_std(values)
+            row[f"branch0 {stat} %"] = mean_std(g[f"last/test/{heads[0]}/{stat}"])
+            for head, name in (("ensemble", "ONE-E"), ("average", "average")):
+                col = f"last/test/{head}/{stat}"
+                row[f"{name} {stat} %"] = mean_std(g[col]) if col in g and g[col].notna().any() else ""
+        row["branch0 error %"] = mean_std(100 - g[f"last/test/{heads[0]}/top1"])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def cost_table(frame: pd.DataFrame, by: str = "label") -> pd.DataFrame:
+    """Error of the deployed net with training and test cost (ONE paper Tables 3/4)."""
+    rows = []
+    for label, g in frame.groupby(by, sort=False):
+        head = (_branch_heads(g) or ["net"])[0]
+        if f"last/test/{head}/top1" not in g or g[f"last/test/{head}/top1"].isna().all():
+            head = "net"
+        rows.append({
+            by: label, "error % (deployed)": mean_std(100 - g[f"last/test/{head}/top1"]),
+            "params train": int(g["params"].iloc[0]), "TrCost FLOPs": f"{g['train_flops'].iloc[0]:.3e}",
+            "params test": int(g["test_params"].iloc[0]), "TeCost FLOPs": f"{g['test_flops'].iloc[0]:.3e}",
+        })
+    return pd.DataFrame(rows)
+
+
+def paired_difference(frame: pd.DataFrame, a: str, b: str, column: str, by: str = "label", confidence: float = 0.95) -> dict:
+    """b - a paired by seed: mean, a t confidence interval, and the per-seed values."""
+    from scipy import stats
+
+    left = frame[frame[by] == a].set_index("seed")[column]
+    right = frame[frame[by] == b].set_index("seed")[column]
+    seeds = sorted(set(left.index) & set(right.index))
+    diff = (right.loc[seeds] - left.loc[seeds]).astype(float)
+    n = len(diff)
+    mean = float(diff.mean()) if n else float("nan")
+    if n >= 2:
+        half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * diff.std(ddof=1) / n**0.5)
+    else:
+        half = float("nan")
+    return {"a": a, "b": b, "metric": column, "n": n, "mean": mean, "ci_low": mean - half, "ci_high": mean + half,
+            "confidence": confidence, "per_seed": dict(zip(seeds, diff.tolist()))}
+
+
+def error(frame: pd.DataFrame, label: str, head: str, by: str = "label") -> str:
+    """Test top-1 error (%) of `head`, last epoch, mean ± std over the runs labelled `label`."""
+    return mean_std(100 - frame.loc[frame[by] == label, f"last/test/{head}/top1"])

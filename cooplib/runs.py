@@ -21,7 +21,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
@@ -78,8 +78,10 @@ def status(run_dir: Path) -> str:
     return read_json(path).get("state", "unknown") if path.exists() else "new"
 
 
-def find_runs(root: str | Path | Iterable[str | Path]) -> list[Path]:
-    """Run directories under `root` (searched recursively), or the given list of them."""
+def find_runs(root) -> list[Path]:
+    """Run directories under `root` (searched recursively), or the given list/dict of them."""
+    if isinstance(root, Mapping):
+        return [Path(p) for p in root.values()]
     if isinstance(root, (str, Path)):
         root = Path(root)
         if (root / CONFIG).exists():
@@ -92,15 +94,27 @@ def _flat(prefix: str, d: dict) -> dict:
     return {f"{prefix}{k}": (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in d.items()}
 
 
-def load_runs(root: str | Path | Iterable[str | Path]) -> pd.DataFrame:
+def _entries(root) -> list[tuple[str | None, Path]]:
+    """(label, run_dir) pairs: labels from a {label: run_dir} mapping (one run may carry
+    several labels, e.g. the full ONE also being the 3-branch point of a sweep), else None."""
+    if isinstance(root, Mapping):
+        return [(str(label), Path(p)) for label, p in root.items()]
+    return [(None, p) for p in find_runs(root)]
+
+
+def load_runs(root) -> pd.DataFrame:
     """One row per run: its config (plain columns), status, cost, last/best metrics.
 
-    Metric columns are prefixed `last/` and `best/`, e.g. `last/test/net/top1`.
+    `root`: a folder searched recursively, a list of run directories, or a mapping
+    {label: run_dir} (the label becomes a `label` column). Metric columns are prefixed
+    `last/` and `best/`, e.g. `last/test/net/top1`.
     """
     rows = []
-    for run_dir in find_runs(root):
+    for label, run_dir in _entries(root):
         meta = read_json(run_dir / CONFIG)
         row = {"run_dir": str(run_dir), "run": run_dir.name, "status": status(run_dir)}
+        if label is not None:
+            row["label"] = label
         row.update(_flat("", meta["config"]))
         row.update({f"method_args.{k}": v for k, v in meta["config"].get("method_args", {}).items()})
         row["device_name"] = meta.get("device_name")
@@ -120,10 +134,10 @@ def load_runs(root: str | Path | Iterable[str | Path]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def load_metrics(root: str | Path | Iterable[str | Path]) -> pd.DataFrame:
-    """One row per (run, epoch) with the run's method/model/dataset/seed alongside."""
+def load_metrics(root) -> pd.DataFrame:
+    """One row per (run, epoch) with the run's method/model/dataset/seed (and label) alongside."""
     frames = []
-    for run_dir in find_runs(root):
+    for label, run_dir in _entries(root):
         records = read_metrics(run_dir)
         if not records:
             continue
@@ -132,6 +146,8 @@ def load_metrics(root: str | Path | Iterable[str | Path]) -> pd.DataFrame:
         df.insert(0, "run", run_dir.name)
         for key in ("method", "model", "dataset", "seed"):
             df.insert(1, key, cfg[key])
+        if label is not None:
+            df.insert(1, "label", label)
         for key, value in cfg.get("method_args", {}).items():
             df[f"method_args.{key}"] = value if not isinstance(value, (list, dict)) else str(value)
         frames.append(df)
@@ -142,7 +158,7 @@ def long_metrics(metrics: pd.DataFrame, split: str = "test", stat: str = "top1")
     """Melt `split/<head>/stat` columns into rows with a `head` column (for plotting)."""
     prefix, suffix = f"{split}/", f"/{stat}"
     cols = [c for c in metrics.columns if c.startswith(prefix) and c.endswith(suffix)]
-    id_cols = [c for c in metrics.columns if c in ("run", "method", "model", "dataset", "seed", "epoch") or c.startswith("method_args.")]
+    id_cols = [c for c in metrics.columns if c in ("run", "method", "model", "dataset", "seed", "epoch") or c == "label" or c.startswith("method_args.")]
     out = metrics.melt(id_vars=id_cols, value_vars=cols, var_name="head", value_name=stat)
     out["head"] = out["head"].str[len(prefix) : -len(suffix)]
     return out

@@ -25,6 +25,10 @@ w(e) = exp(-5 (1 - e/ramp)^2) for e < ramp, 1 after (a README tip of
 Lan1991Xu/ONE_NeurIPS2018, probably not in the paper). As there, e is the integer
 0-based epoch (``state.epoch``), so w is constant within an epoch and epoch-level loss
 logs stay comparable; w(0) = exp(-5) ~ 0.0067. The default 0 disables the ramp.
+
+``packed=True`` computes the branches as one wider network (grouped convolutions,
+``cooplib.models.packed``): same parameters, heads and loss, equal to float32 rounding.
+Off by default: on a 2-core CPU it is slower than the per-branch loop.
 """
 from __future__ import annotations
 
@@ -70,6 +74,7 @@ class ONE(Learner):
         expand: str = "duplicate",
         expand_noise: float = 0.01,
         expand_prior: float = -10.0,
+        packed: bool | None = None,
     ) -> None:
         super().__init__()
         if teacher not in TEACHERS:
@@ -83,6 +88,8 @@ class ONE(Learner):
         if expand_noise < 0:
             raise ValueError(f"expand_noise must be >= 0, got {expand_noise!r}")
         self.net = net
+        if packed is not None:  # None: as the network was built
+            net.packed = packed
         self.expand, self.expand_noise, self.expand_prior = expand, float(expand_noise), float(expand_prior)
         self._seed = torch.initial_seed()
         self.temperature = float(temperature)
@@ -160,10 +167,12 @@ def build_one(
     in_channels: int = 3,
     branches: int = 3,
     share: bool = True,
+    packed: bool = False,
     **one_args,
 ) -> ONE:
-    """Registry factory: ONE with ``branches`` branches on the CIFAR ResNet ``model``."""
-    net = MultiBranchResNet(model, num_classes, in_channels, branches=branches, share=share)
+    """Registry factory: ONE with ``branches`` branches on the CIFAR ResNet ``model``;
+    ``packed`` runs them as one wider network (same weights and results)."""
+    net = MultiBranchResNet(model, num_classes, in_channels, branches=branches, share=share, packed=packed)
     return ONE(net, **one_args)
 
 

@@ -21,6 +21,11 @@ full networks with the same gate and teacher. The gate then reads the pooled ``l
 output of network 0 (the deployed one). A mean over the networks would be symmetric, but
 it changes when networks are added, so an expanded network would no longer compute the
 old function; network 0 is always kept.
+
+``packed=True`` (also settable later: ``net.packed = True``) computes the m branches (or
+the m networks when not shared) as one wider network (``cooplib.models.packed``): the
+same parameters, state-dict layout and heads; logits and gradients equal the per-branch
+loop's to float32 rounding.
 """
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ import torch
 from torch import nn
 
 from .. import models as _models  # late lookup: models/__init__ may import this module
+from . import packed as packing
 from .resnet import CifarResNet
 
 
@@ -42,6 +48,9 @@ class BranchHead(nn.Module):
 
     def forward(self, f2: torch.Tensor) -> torch.Tensor:
         return self.fc(self.pool(self.layer3(f2)))
+
+
+packing.register(BranchHead, packing.chain(("layer3", "pool", "fc")))
 
 
 class BranchNet(nn.Module):
@@ -79,6 +88,7 @@ class MultiBranchResNet(nn.Module):
         in_channels: int = 3,
         branches: int = 3,
         share: bool = True,
+        packed: bool = False,
         **resnet_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -97,6 +107,7 @@ class MultiBranchResNet(nn.Module):
         self.gate_fc = nn.Linear(c2, branches)
         self.gate_bn = nn.BatchNorm1d(branches)
         self.register_buffer("gate_prior", torch.zeros(branches))
+        self.packed = packed
 
     def _build_net(self) -> CifarResNet:
         net = _models.build(self.base, self.num_classes, self.in_channels, **self.resnet_kwargs)
@@ -107,6 +118,17 @@ class MultiBranchResNet(nn.Module):
     @property
     def num_branches(self) -> int:
         return len(self.branches)
+
+    @property
+    def packed(self) -> bool:
+        """Whether the branches run as one packed network (see the module doc)."""
+        return self._packed_on
+
+    @packed.setter
+    def packed(self, value: bool) -> None:
+        if value:
+            packing.check_packable(list(self.branches), "ONE branches")
+        self._packed_on = bool(value)
 
     # ------------------------------------------------------------ computation
 
@@ -119,27 +141,44 @@ class MultiBranchResNet(nn.Module):
         t = self if self.share else self.branches[i]
         return t.layer2(t.layer1(t.stem(x)))
 
-    def branch_logits(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def _logits_and_f2(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(m, B, C) branch logits and the gate's input (network 0's layer2 output)."""
+        if self.packed:
+            return self._packed_logits_and_f2(x)
         if self.share:
             f2 = self._trunk(x)
+            return torch.stack([b(f2) for b in self.branches]), f2
+        f2 = None
+        logits = []
+        for i, net in enumerate(self.branches):
+            f = net.layer2(net.layer1(net.stem(x)))
+            f2 = f if i == 0 else f2
+            logits.append(net.fc(net.pool(net.layer3(f))))
+        return torch.stack(logits), f2
+
+    def _packed_logits_and_f2(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        heads = list(self.branches)
+        if self.share:
+            f2 = self._trunk(x)
+            return packing.forward(heads, f2, shared=True), f2
+        low = packing.chain(("stem", "layer1", "layer2"))(heads, x, True)  # (B, m*C2, H, W)
+        z = packing.chain(("layer3", "pool", "fc"))(heads, low, False)
+        return z, low[:, : heads[0].feature_dims[1]]
+
+    def branch_logits(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if self.share and not self.packed:
+            f2 = self._trunk(x)
             return [b(f2) for b in self.branches]
-        return [net(x) for net in self.branches]
+        if not self.packed:
+            return [net(x) for net in self.branches]
+        return list(self._packed_logits_and_f2(x)[0].unbind(0))
 
     def forward_with_gate(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """The heads and the (B, m) gate weights, from one pass."""
-        if self.share:
-            f2 = self._trunk(x)
-            logits = [b(f2) for b in self.branches]
-        else:
-            f2 = None
-            logits = []
-            for i, net in enumerate(self.branches):
-                f = net.layer2(net.layer1(net.stem(x)))
-                f2 = f if i == 0 else f2
-                logits.append(net.fc(net.pool(net.layer3(f))))
+        zs, f2 = self._logits_and_f2(x)  # (m, B, C)
         g = self._gate(f2)
-        z = torch.stack(logits, dim=1)  # (B, m, C)
-        heads = {f"branch{i}": zi for i, zi in enumerate(logits)}
+        z = zs.transpose(0, 1)  # (B, m, C)
+        heads = {f"branch{i}": zi for i, zi in enumerate(zs.unbind(0))}
         # elementwise product + sum, not a matmul: the teacher costs no counted FLOPs
         heads["ensemble"] = (g.unsqueeze(-1) * z).sum(1)
         heads["average"] = z.mean(1)
