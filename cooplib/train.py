@@ -340,7 +340,9 @@ def _fit(learner, data, config, run_dir, device, ckpt, initial_optimizer_state) 
     test_loader = DeviceLoader(data.x_test, data.y_test, max(config.batch_size, 256), **common)
     opt = make_optimizer(learner, config, device)
     ratio = _gradient_ratio(learner, opt, config)
-    model = torch.compile(learner) if config.compile else learner
+    # static shapes: the last partial batch (and evaluation) compile once each, then hit
+    # the cache every epoch instead of recompiling
+    model = torch.compile(learner, dynamic=False) if config.compile else learner
 
     start_epoch, records = 0, []
     best = None

@@ -24,10 +24,8 @@ def pair(make) -> tuple[Learner, Learner]:
     torch.manual_seed(0)
     plain = make()
     twin = copy.deepcopy(plain)
-    if isinstance(twin, ONE):
-        twin.net.packed = True
-    else:
-        twin.packed = True
+    twin.packed = True
+    assert twin.packed and not plain.packed
     return plain, twin
 
 

@@ -27,8 +27,9 @@ Lan1991Xu/ONE_NeurIPS2018, probably not in the paper). As there, e is the intege
 logs stay comparable; w(0) = exp(-5) ~ 0.0067. The default 0 disables the ramp.
 
 ``packed=True`` computes the branches as one wider network (grouped convolutions,
-``cooplib.models.packed``): same parameters, heads and loss, equal to float32 rounding.
-Off by default: on a 2-core CPU it is slower than the per-branch loop.
+``cooplib.models.packed``): same parameters, state dict, heads and loss, equal to
+float32 rounding. Off by default: on a 2-core CPU it is no faster than the per-branch
+loop (see ``cooplib.models.packed``).
 """
 from __future__ import annotations
 
@@ -89,13 +90,22 @@ class ONE(Learner):
             raise ValueError(f"expand_noise must be >= 0, got {expand_noise!r}")
         self.net = net
         if packed is not None:  # None: as the network was built
-            net.packed = packed
+            self.packed = packed
         self.expand, self.expand_noise, self.expand_prior = expand, float(expand_noise), float(expand_prior)
         self._seed = torch.initial_seed()
         self.temperature = float(temperature)
         self.distill = bool(distill)
         self.teacher = teacher
         self.ramp_epochs = int(ramp_epochs)
+
+    @property
+    def packed(self) -> bool:
+        """Whether the branches run as one packed network (settable, as DML's)."""
+        return self.net.packed
+
+    @packed.setter
+    def packed(self, value: bool) -> None:
+        self.net.packed = value
 
     @property
     def branch_heads(self) -> list[str]:
