@@ -56,16 +56,6 @@ def summary_table(frame: pd.DataFrame, head: str = "net", by: tuple[str, ...] = 
     return pd.DataFrame(rows)
 
 
-def head_values(frame: pd.DataFrame, which: str = "last", split: str = "test", stat: str = "top1") -> pd.DataFrame:
-    """Long form of every head's metric: one row per (run, head) with the run's columns."""
-    prefix, suffix = f"{which}/{split}/", f"/{stat}"
-    cols = [c for c in frame.columns if c.startswith(prefix) and c.endswith(suffix)]
-    id_cols = [c for c in frame.columns if not c.startswith(("last/", "best/"))]
-    out = frame.melt(id_vars=id_cols, value_vars=cols, var_name="head", value_name=stat).dropna(subset=[stat])
-    out["head"] = out["head"].str[len(prefix) : -len(suffix)]
-    return out
-
-
 def dml_summary(frame: pd.DataFrame) -> pd.DataFrame:
     """DML vs independent peers, per number of peers K (mean ± std over seeds).
 

@@ -228,6 +228,10 @@ def test_run_directory_records(tiny_data, tmp_path):
     assert not list(run_dir.glob(".*.tmp"))
     frame = runs.load_runs(tmp_path)
     assert frame.loc[0, "status"] == "complete" and frame.loc[0, "last/test/net/top1"] == rec["test/net/top1"]
+    # one run may carry several labels (e.g. a sweep point that is also the main run)
+    labelled = runs.load_runs({"main": run_dir, "sweep": run_dir})
+    assert list(labelled["label"]) == ["main", "sweep"] and labelled["run_dir"].nunique() == 1
+    assert list(runs.load_metrics({"main": run_dir, "sweep": run_dir}).groupby("label").size()) == [2, 2]
 
 
 class FixedLogits(Learner):
