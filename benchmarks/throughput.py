@@ -12,7 +12,8 @@
     with the same Learner (same network and loss), so only the loop differs.
 
 The first epoch of (a) is reported separately as warm-up (it includes torch.compile);
-the steady state is the median of the following epochs. For (b) the first `warmup`
+the steady state is the median `train_seconds` (the epoch's steps, without the
+evaluation) of the following epochs. For (b) the first `warmup`
 steps are excluded. Results go to stdout (one table) and benchmarks/results/*.json.
 """
 from __future__ import annotations
@@ -96,10 +97,11 @@ def reference_loop(learner, data: ImageData, batch: int, steps: int, warmup: int
 
 
 def cooplib_loop(learner, data: ImageData, config: RunConfig) -> dict:
-    """img/s of `train.fit` from its per-epoch `seconds` (epoch 1 = warm-up/compile)."""
+    """img/s of `train.fit` from its per-epoch `train_seconds` (the training steps, not the
+    evaluation that follows; epoch 1 = warm-up/compile)."""
     with tempfile.TemporaryDirectory() as tmp:
         res = train.fit(learner, data, config, Path(tmp) / "run")
-    secs = [r["seconds"] for r in res.metrics]
+    secs = [r["train_seconds"] for r in res.metrics]
     steady = statistics.median(secs[1:]) if len(secs) > 1 else secs[0]
     n = len(data.y_train)
     return {"images_per_s": n / steady, "epoch_seconds": secs, "warmup_seconds": secs[0], "steady_epoch_seconds": steady}

@@ -396,12 +396,14 @@ def _fit(learner, data, config, run_dir, device, ckpt, initial_optimizer_state) 
             names = list(sums)
             values = torch.stack([sums[k] for k in names]).tolist()  # the epoch's one sync
             train_metrics = {f"train/{k}": v / n for k, v in zip(names, values)}
+            train_seconds = time.perf_counter() - t0  # after the sync above: device work included
             if not math.isfinite(train_metrics["train/loss"]):
                 _diverged(run_dir, epoch, train_metrics)
             test_metrics = {f"test/{k}": v for k, v in evaluate(model, test_loader, amp_dtype, device).items()}
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-            record = {"epoch": epoch + 1, "lr": lr, "seconds": time.perf_counter() - t0, **train_metrics, **test_metrics}
+            record = {"epoch": epoch + 1, "lr": lr, "seconds": time.perf_counter() - t0, "train_seconds": train_seconds,
+                      **train_metrics, **test_metrics}
             if ratio is not None:
                 record.update(ratio.last_lrs())
             records.append(record)
