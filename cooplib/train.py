@@ -102,7 +102,9 @@ def determinism(enabled: bool) -> Iterator[None]:
 def make_optimizer(learner: Learner, config: RunConfig, device: torch.device) -> torch.optim.SGD:
     params = [p for p in learner.parameters() if p.requires_grad]
     if config.grad_ratio_lr:  # one group per tensor: each gets its own lr every step
-        params = [{"params": [p]} for p in params]
+        from .gradratio import per_tensor_param_groups
+
+        params = per_tensor_param_groups(params, config.lr)
     opt = torch.optim.SGD(
         params,
         lr=config.lr,
