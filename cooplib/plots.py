@@ -17,16 +17,17 @@ def training_curves(metrics: pd.DataFrame, heads: list[str] | None = None, hue: 
     if metrics.empty:
         raise ValueError("no epoch records to plot: did the runs train at least one epoch?")
     sns.set_theme(style="whitegrid", context="notebook")
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4), constrained_layout=True)
-    loss = metrics[["run", "method", "model", "dataset", "seed", "epoch", "train/loss"]]
-    sns.lineplot(data=loss, x="epoch", y="train/loss", hue="method" if hue != "head" else None, ax=axes[0], errorbar="sd")
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4), constrained_layout=True)
+    loss_hue = hue if hue != "head" and hue in metrics.columns else None
+    sns.lineplot(data=metrics, x="epoch", y="train/loss", hue=loss_hue, ax=axes[0], errorbar="sd", legend=False)
     axes[0].set(title="training loss (all terms)", ylabel="loss", yscale="log")
     for ax, stat in zip(axes[1:], ("top1", "top5")):
         df = long_metrics(metrics, "test", stat)
         if heads is not None:
             df = df[df["head"].isin(heads)]
-        sns.lineplot(data=df, x="epoch", y=stat, hue=hue, ax=ax, errorbar="sd")
+        sns.lineplot(data=df, x="epoch", y=stat, hue=hue, ax=ax, errorbar="sd", legend=ax is axes[-1])
         ax.set(title=f"test top-{stat[-1]} accuracy", ylabel="%")
+    sns.move_legend(axes[-1], "upper left", bbox_to_anchor=(1.02, 1), frameon=False)
     if title:
         fig.suptitle(title)
     return fig
