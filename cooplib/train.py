@@ -372,7 +372,7 @@ def _fit(learner, data, config, run_dir, device, ckpt, initial_optimizer_state) 
             t0 = time.perf_counter()
             lr = set_lr(opt, lr_factor(config, epoch))
             learner.train()
-            sums: dict[str, torch.Tensor] = {}
+            sums: dict[tuple[str, ...], torch.Tensor] = {}
             n = 0
             for step, (x, y) in enumerate(train_loader):
                 bs = y.shape[0]
@@ -386,19 +386,14 @@ def _fit(learner, data, config, run_dir, device, ckpt, initial_optimizer_state) 
                     if ratio is not None:
                         ratio.update(lr / config.lr)
                     opt.step()
-                    terms = {"loss": total.detach().float(), **{k: v.detach().float() for k, v in parts.items()}}
-                    if sub == 0:  # accuracy of the heads before this batch's updates
-                        for h, logits in heads.items():
-                            terms[f"{h}/top1"] = (logits.detach().argmax(1) == y).sum().float() * (100.0 / bs)
-                    for k, v in terms.items():
-                        sums[k] = sums[k] + v * bs if k in sums else v * bs
+                    # accuracy of the heads before this batch's updates (substep 0 only)
+                    key, vec = _step_terms(total, parts, heads if sub == 0 else None, y)
+                    sums[key] = sums[key] + vec if key in sums else vec
                 n += bs
                 if bar is not None:
                     bar.update(1)
-            names = list(sums)
-            values = torch.stack([sums[k] for k in names]).tolist()  # the epoch's one sync
-            train_metrics = {f"train/{k}": v / n for k, v in zip(names, values)}
-            train_seconds = time.perf_counter() - t0  # after the sync above: device work included
+            train_metrics = _epoch_means(sums, n)  # the epoch's one host sync
+            train_seconds = time.perf_counter() - t0  # after that sync: device work included
             if not math.isfinite(train_metrics["train/loss"]):
                 _diverged(run_dir, epoch, train_metrics)
             test_metrics = {f"test/{k}": v for k, v in evaluate(model, test_loader, amp_dtype, device).items()}
@@ -438,6 +433,31 @@ def _fit(learner, data, config, run_dir, device, ckpt, initial_optimizer_state) 
     runs.write_json(run_dir / runs.FINAL, final)
     runs.write_json(run_dir / runs.STATUS, {"state": "complete", "epoch": len(records)})
     return RunResult(run_dir, final, records)
+
+
+def _step_terms(total, parts: dict, heads: dict | None, y: torch.Tensor) -> tuple[tuple[str, ...], torch.Tensor]:
+    """One step's terms as (names, device vector): batch-summed loss terms, then correct
+    counts of every head; a handful of kernels whatever the number of heads."""
+    bs = y.shape[0]
+    names = ("loss", *parts)
+    vec = torch.stack([total.detach().float(), *(v.detach().float() for v in parts.values())]) * bs
+    if heads:
+        logits = torch.stack([h.detach() for h in heads.values()])  # (heads, N, classes)
+        vec = torch.cat([vec, (logits.argmax(-1) == y).sum(-1).float() * 100.0])
+        names += tuple(f"{h}/top1" for h in heads)
+    return names, vec
+
+
+def _epoch_means(sums: dict[tuple[str, ...], torch.Tensor], n: int) -> dict[str, float]:
+    """`train/<name>` per-sample means of the accumulated terms (top-1 in percent);
+    names that recur across substeps (e.g. `loss`) are summed over them."""
+    keys = list(sums)
+    values = torch.cat([sums[k] for k in keys]).tolist() if keys else []
+    out: dict[str, float] = {}
+    flat = [name for k in keys for name in k]
+    for name, v in zip(flat, values):
+        out[f"train/{name}"] = out.get(f"train/{name}", 0.0) + v / n
+    return out
 
 
 def _save_epoch(run_dir, learner, opt, loader, device, epoch, records, is_best) -> None:

@@ -259,3 +259,34 @@ def test_evaluate_top1_top5_and_loss_by_hand():
     assert out["net/top1"] == pytest.approx(100 * (rank == 0).float().mean().item())
     assert out["net/top5"] == pytest.approx(100 * (rank < 5).float().mean().item())
     assert out["net/loss"] == pytest.approx(losses.cross_entropy(logits, y).item(), rel=1e-5)
+
+
+class FrozenLinear(Learner):
+    """A fixed linear classifier (its loss has zero gradient): training metrics must equal
+    an evaluation of the same function on the training set."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(1)
+        self.w = nn.Linear(3 * 8 * 8, 4)
+
+    def forward(self, x):
+        z = self.w(x.flatten(1))
+        return {"net": z, "flipped": -z}
+
+    def loss(self, heads, y, state):
+        ce = losses.cross_entropy(heads["net"], y)
+        return 0 * ce, {"ce": ce.detach()}
+
+
+def test_training_metrics_are_per_sample_means_over_the_epoch(tiny_data, tmp_path):
+    from cooplib.data import DeviceLoader
+
+    cfg = small_config(epochs=1, batch_size=40, momentum=0.0, nesterov=False, weight_decay=0.0, augment="none")
+    learner = FrozenLinear()
+    rec = train.fit(learner, tiny_data, cfg, tmp_path / "run").metrics[0]  # 96 images: batches of 40, 40, 16
+    loader = DeviceLoader(tiny_data.x_train, tiny_data.y_train, 96, device=torch.device("cpu"), mean=tiny_data.mean, std=tiny_data.std)
+    ref = train.evaluate(learner, loader, None, torch.device("cpu"))
+    assert rec["train/net/top1"] == pytest.approx(ref["net/top1"]) and rec["train/flipped/top1"] == pytest.approx(ref["flipped/top1"])
+    assert rec["train/ce"] == pytest.approx(ref["net/loss"], rel=1e-5)
+    assert rec["train/loss"] == 0.0
