@@ -18,8 +18,6 @@ from .config import RunConfig
 from .errors import RunDirError
 from .train import RunResult, fit, load_checkpoint
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
 
 def runs_root(out_dir: str | Path | None = None) -> Path:
     """Where run directories go: `out_dir`, else $COOPLIB_RUNS_DIR, else ./runs."""
@@ -76,9 +74,12 @@ def load_learner(run_dir: str | Path, weights: str = "last") -> methods.Learner:
 
 def run(config: RunConfig, out_dir: str | Path | None = None, *, run_dir: str | Path | None = None, resume: bool = True) -> RunResult:
     """Train (or reuse/resume) one run; its directory is `out_dir/config.run_name()`."""
-    data = load_data(config)
-    learner, opt_state = build_learner(config, data)
     target = Path(run_dir) if run_dir is not None else runs_root(out_dir) / config.run_name()
+    return _train(config, load_data(config), target, resume)
+
+
+def _train(config: RunConfig, data: datasets.ImageData, target: Path, resume: bool = True) -> RunResult:
+    learner, opt_state = build_learner(config, data)
     return fit(learner, data, config, target, resume=resume, initial_optimizer_state=opt_state)
 
 
@@ -90,10 +91,7 @@ def run_all(configs: Iterable[RunConfig], out_dir: str | Path | None = None) -> 
         key = (config.dataset, config.data_root, config.download, repr(sorted(config.dataset_args.items())), config.train_size, config.test_size)
         if key not in cache:
             cache[key] = load_data(config)
-        data = cache[key]
-        target = runs_root(out_dir) / config.run_name()
-        learner, opt_state = build_learner(config, data)
-        dirs.append(fit(learner, data, config, target, initial_optimizer_state=opt_state).run_dir)
+        dirs.append(_train(config, cache[key], runs_root(out_dir) / config.run_name()).run_dir)
     return dirs
 
 

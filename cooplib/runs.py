@@ -21,7 +21,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import pandas as pd
 
@@ -79,9 +79,7 @@ def status(run_dir: Path) -> str:
 
 
 def find_runs(root) -> list[Path]:
-    """Run directories under `root` (searched recursively), or the given list/dict of them."""
-    if isinstance(root, Mapping):
-        return [Path(p) for p in root.values()]
+    """Run directories under `root` (searched recursively), or the given list of them."""
     if isinstance(root, (str, Path)):
         root = Path(root)
         if (root / CONFIG).exists():
