@@ -25,3 +25,7 @@ class RunDirError(CooplibError):
 
 class DivergedError(CooplibError, FloatingPointError):
     """The loss became non-finite; the last good checkpoint is kept."""
+
+
+class RunLockedError(RunDirError):
+    """Another live process holds the run directory's lock (it is training that run)."""

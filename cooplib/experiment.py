@@ -16,7 +16,7 @@ from . import data as datasets
 from . import methods, runs
 from .config import RunConfig
 from .errors import RunDirError
-from .train import RunResult, fit, load_checkpoint
+from .train import RunResult, fit
 
 
 def runs_root(out_dir: str | Path | None = None) -> Path:
@@ -45,30 +45,24 @@ def build_learner(config: RunConfig, data: datasets.ImageData) -> tuple[methods.
     learner = methods.build(config.method, config.model, data.num_classes, data.in_channels, **config.method_args)
     if config.init_from is None:
         return learner, None
-    parent_dir = Path(config.init_from)
-    if runs.status(parent_dir) != "complete":
-        raise RunDirError(f"init_from={str(parent_dir)!r} is not a complete run (status {runs.status(parent_dir)!r}); train it first")
-    parent = load_learner(parent_dir)
-    opt_state = load_checkpoint(parent_dir / runs.CHECKPOINT)["optimizer"]
+    parent_dir = runs.RunDir(config.init_from)
+    if parent_dir.state != "complete":
+        raise RunDirError(f"init_from={str(parent_dir.path)!r} is not a complete run (status {parent_dir.state!r}); train it first")
+    parent = load_learner(parent_dir.path)
+    opt_state = parent_dir.checkpoint()["optimizer"]
     return learner, learner.init_from(parent, opt_state)
 
 
 def load_learner(run_dir: str | Path, weights: str = "last") -> methods.Learner:
-    """Rebuild the Learner of a run directory with its `last` or `best` weights (no pickle)."""
-    from safetensors.torch import load_file
-
-    run_dir = Path(run_dir)
-    meta = runs.read_json(run_dir / runs.CONFIG)
-    config = RunConfig.from_dict(meta["config"])
-    files = {"last": runs.WEIGHTS, "best": runs.BEST_WEIGHTS}
-    if weights not in files:
-        raise ValueError(f"weights must be 'last' or 'best', got {weights!r}")
-    path = run_dir / files[weights]
-    if not path.exists():
-        raise RunDirError(f"{path} does not exist: the run has not finished an epoch yet")
+    """Rebuild the Learner of a run directory with its `last` or `best` weights
+    (safetensors, checked against the checksum recorded at commit; no pickle)."""
+    run = runs.RunDir(run_dir)
+    config = run.config()
+    state = run.weights(weights)
+    data = run.meta()["data"]
     torch.manual_seed(config.seed)
-    learner = methods.build(config.method, config.model, meta["data"]["num_classes"], meta["data"]["in_channels"], **config.method_args)
-    learner.load_state_dict(load_file(path), strict=True)
+    learner = methods.build(config.method, config.model, data["num_classes"], data["in_channels"], **config.method_args)
+    learner.load_state_dict(state, strict=True)
     return learner
 
 
@@ -102,11 +96,12 @@ def evaluate_initial(config: RunConfig) -> dict[str, float]:
     the check that an expansion preserved the function.
     """
     from .data import DeviceLoader
-    from .train import autocast_dtype, evaluate, resolve_device
+    from .runtime import autocast_dtype, resolve_device
+    from .train import evaluate
 
     data = load_data(config)
     learner, _ = build_learner(config, data)
     device = resolve_device(config.device)
     learner.to(device)
     loader = DeviceLoader(data.x_test, data.y_test, 256, device=device, mean=data.mean, std=data.std)
-    return evaluate(learner, loader, autocast_dtype(config, device), device)
+    return evaluate(learner, loader, autocast_dtype(config.precision, device), device)

@@ -2,36 +2,34 @@
 
 SGD (momentum, Nesterov, weight decay) with a per-epoch step or cosine schedule; bf16
 autocast and channels_last on CUDA; optional torch.compile; seeded and optionally
-deterministic; every head evaluated (top-1/top-5, percent) each epoch; a checkpoint per
-epoch written atomically; resume of a killed run; a non-finite loss stops the run and
-keeps the last good checkpoint.
+deterministic; every head evaluated (top-1/top-5, percent) each epoch. Each finished
+epoch is handed to the run directory (`runs.RunDir.commit_epoch`), which makes its
+records, weights and checkpoint visible together; a killed run resumes from its last
+commit; a non-finite loss, weight or BatchNorm statistic stops the run before it is
+committed.
 
 The step has no host synchronisation: loss terms and correct counts accumulate in
 device tensors that are read once per epoch.
 """
 from __future__ import annotations
 
-import io
 import math
 import os
-import platform
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save as safetensors_save
 
-from . import runs
+from . import runs, runtime
 from .config import RunConfig, differences
 from .data import Augment, DeviceLoader, ImageData
 from .errors import DivergedError, RunDirError
 from .methods.base import Learner, TrainState
-
-CHECKPOINT_FORMAT = 1
+from .runtime import resolve_device  # noqa: F401  (re-exported: callers pick the device as fit does)
 
 
 @dataclass
@@ -42,22 +40,6 @@ class RunResult:
 
 
 # ---------------------------------------------------------------- settings
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RunDirError(f"device {name!r} requested but CUDA is not available; use device='auto' or 'cpu'")
-    return device
-
-
-def autocast_dtype(config: RunConfig, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on CUDA by default; fp32 (no autocast) on CPU unless asked."""
-    if config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    return None
 
 
 def lr_factor(config: RunConfig, epoch: int) -> float:
@@ -80,23 +62,6 @@ def train_augment(config: RunConfig, default: Augment) -> Augment:
         "flip": Augment(crop_pad=0, flip=True),
         "crop+flip": Augment(crop_pad=pad, flip=True),
     }[config.augment]
-
-
-@contextmanager
-def determinism(enabled: bool) -> Iterator[None]:
-    """torch's deterministic algorithms for the duration of the run, then restored."""
-    prev_alg = torch.are_deterministic_algorithms_enabled()
-    prev_bench, prev_det = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
-    if enabled:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(enabled)
-    torch.backends.cudnn.deterministic = enabled
-    torch.backends.cudnn.benchmark = not enabled
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(prev_alg)
-        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = prev_bench, prev_det
 
 
 def make_optimizer(learner: Learner, config: RunConfig, device: torch.device) -> torch.optim.SGD:
@@ -187,111 +152,6 @@ def evaluate(model, loader: DeviceLoader, amp_dtype: torch.dtype | None, device:
     return out
 
 
-# ---------------------------------------------------------------- checkpoints
-
-
-def _to_bytes(obj) -> bytes:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return buf.getvalue()
-
-
-def _weights_bytes(learner: Learner) -> bytes:
-    return safetensors_save({k: v.detach().cpu().contiguous() for k, v in learner.state_dict().items()})
-
-
-def load_checkpoint(path: Path) -> dict:
-    """Load a checkpoint without executing code from it; a corrupt file is a clear error."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated, garbage, or a pickle that needs code
-        raise RunDirError(
-            f"checkpoint {path} is corrupt or not a cooplib checkpoint ({type(exc).__name__}: {exc}). "
-            f"Its metrics.jsonl and config.json are intact; delete {path.name} to restart this run "
-            f"from scratch, or point to another run directory."
-        ) from exc
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise RunDirError(f"checkpoint {path} has an unknown format; delete it to restart the run")
-    return ckpt
-
-
-def _rng_state(device: torch.device) -> dict:
-    state = {"cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict, device: torch.device) -> None:
-    torch.set_rng_state(state["cpu"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-# ---------------------------------------------------------------- run directory
-
-
-def _versions() -> dict:
-    import torchvision
-
-    from . import __version__
-
-    return {
-        "cooplib": __version__,
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "cuda": torch.version.cuda,
-        "python": platform.python_version(),
-    }
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
-
-def _data_info(data: ImageData) -> dict:
-    return {
-        "name": data.name, "num_classes": data.num_classes, "in_channels": data.in_channels,
-        "image_size": list(data.image_size), "n_train": len(data.y_train), "n_test": len(data.y_test),
-        "mean": list(data.mean), "std": list(data.std),
-    }
-
-
-def _prepare_run_dir(run_dir: Path, config: RunConfig, resume: bool, device: torch.device, data: ImageData) -> dict | None:
-    """Check an existing run directory against `config`; return its checkpoint if resuming."""
-    meta_path = run_dir / runs.CONFIG
-    if not meta_path.exists():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        runs.write_json(
-            meta_path,
-            {
-                "config": config.to_dict(),
-                "data": _data_info(data),
-                "versions": _versions(),
-                "device_name": _device_name(device),
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            },
-        )
-        return None
-    old = RunConfig.from_dict(runs.read_json(meta_path)["config"])
-    diffs = differences(old.semantic(), config.semantic())
-    if diffs:
-        raise RunDirError(
-            f"{run_dir} holds a run with a different config ({'; '.join(diffs)}). Nothing was changed there. "
-            f"Use another run directory (experiment.run names one per config) or restore those parameters."
-        )
-    if not resume:
-        raise RunDirError(f"{run_dir} already holds a run; pass resume=True to continue it, or use another directory")
-    state = runs.status(run_dir)
-    if state == "diverged":
-        msg = runs.read_json(run_dir / runs.STATUS).get("message", "")
-        raise DivergedError(f"{run_dir} diverged before ({msg}); rerunning the same config diverges again")
-    ckpt_path = run_dir / runs.CHECKPOINT
-    return load_checkpoint(ckpt_path) if ckpt_path.exists() else None
-
-
 # ---------------------------------------------------------------- the loop
 
 
@@ -307,28 +167,31 @@ def fit(
     """Train `learner` on `data` as `config` says, recording everything in `run_dir`.
 
     A complete run directory with the same config is returned as it is; an incomplete
-    one is resumed from its checkpoint (bit-identical on the same device when
-    `config.deterministic`); one with a different config is an error.
+    one is resumed from its last committed epoch (bit-identical on the same device when
+    `config.deterministic`); one with a different config is an error, and so is a run
+    directory another process is training (its lock is held).
     `initial_optimizer_state` (per-parameter state such as momentum, e.g. from
     `Learner.init_from`) is loaded into a fresh run's optimizer; its hyperparameters
     (lr, momentum, ...) stay those of `config`.
     """
-    run_dir = Path(run_dir)
-    device = resolve_device(config.device)
-    if runs.status(run_dir) == "complete" and (run_dir / runs.FINAL).exists():
-        _prepare_run_dir(run_dir, config, resume, device, data)  # checks only: nothing is trained
-        return RunResult(run_dir, runs.read_json(run_dir / runs.FINAL), runs.read_metrics(run_dir))
-    ckpt = _prepare_run_dir(run_dir, config, resume, device, data)
+    run = runs.RunDir(run_dir)
+    device = runtime.resolve_device(config.device)
+    with run.lock():
+        _check_run_dir(run, config, resume)
+        if run.state == "complete":  # nothing is trained
+            return RunResult(run.path, run.final(), run.records())
+        if not (run.path / runs.CONFIG).exists():
+            run.create(_run_metadata(config, data, device))
+        ckpt = run.recover()
+        with runtime.determinism(config.deterministic):
+            return _fit(learner, data, config, run, device, ckpt, initial_optimizer_state)
 
-    with determinism(config.deterministic):
-        return _fit(learner, data, config, run_dir, device, ckpt, initial_optimizer_state)
 
-
-def _fit(learner, data, config, run_dir, device, ckpt, initial_optimizer_state) -> RunResult:
+def _fit(learner, data, config, run: runs.RunDir, device, ckpt, initial_optimizer_state) -> RunResult:
     from . import flops
 
     torch.manual_seed(config.seed)
-    amp_dtype = autocast_dtype(config, device)
+    amp_dtype = runtime.autocast_dtype(config.precision, device)
     channels_last = device.type == "cuda" if config.channels_last is None else config.channels_last
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     learner.to(device=device, memory_format=memory_format)
@@ -346,24 +209,21 @@ def _fit(learner, data, config, run_dir, device, ckpt, initial_optimizer_state) 
     # the cache every epoch instead of recompiling
     model = torch.compile(learner, dynamic=False) if config.compile else learner
 
-    start_epoch, records = 0, []
-    best = None
+    records: list[dict] = []
+    best_epoch = 0
     if ckpt is not None:
         learner.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         train_loader.load_state_dict(ckpt["loader"])
-        _set_rng_state(ckpt["rng"], device)
-        start_epoch = int(ckpt["epoch"])
-        records = runs.read_metrics(run_dir)[:start_epoch]
-        runs.write_metrics(run_dir, records)  # drop epochs logged after the checkpoint
-        best = max(records, key=lambda r: r[f"test/{learner.primary_head}/top1"]) if records else None
+        runtime.set_rng_state(ckpt["rng"], device)
+        records, best_epoch = list(run.records()), ckpt["best_epoch"]
     elif initial_optimizer_state is not None:
         carry_optimizer_state(opt, initial_optimizer_state)
-    runs.write_json(run_dir / runs.STATUS, {"state": "running", "epoch": start_epoch})
+    start_epoch = len(records)
 
-    writer = _tensorboard(run_dir, config, start_epoch)
+    writer = _tensorboard(run.path, config, start_epoch)
     steps = len(train_loader)
-    bar = _progress_bar(config, steps, start_epoch, run_dir)
+    bar = _progress_bar(config, steps, start_epoch, run.path)
     amp = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
     primary = f"test/{learner.primary_head}/top1"
     t_run = time.perf_counter()
@@ -394,8 +254,7 @@ def _fit(learner, data, config, run_dir, device, ckpt, initial_optimizer_state) 
                     bar.update(1)
             train_metrics = _epoch_means(sums, n)  # the epoch's one host sync
             train_seconds = time.perf_counter() - t0  # after that sync: device work included
-            if not math.isfinite(train_metrics["train/loss"]):
-                _diverged(run_dir, epoch, train_metrics)
+            _stop_if_diverged(run, learner, epoch, train_metrics)
             test_metrics = {f"test/{k}": v for k, v in evaluate(model, test_loader, amp_dtype, device).items()}
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
@@ -404,10 +263,20 @@ def _fit(learner, data, config, run_dir, device, ckpt, initial_optimizer_state) 
             if ratio is not None:
                 record.update(ratio.last_lrs())
             records.append(record)
-            is_best = best is None or record[primary] > best[primary]
-            if is_best:
-                best = record
-            _save_epoch(run_dir, learner, opt, train_loader, device, epoch + 1, records, is_best)
+            if best_epoch == 0 or record[primary] > records[best_epoch - 1][primary]:
+                best_epoch = epoch + 1
+            final = None
+            if epoch + 1 == config.epochs:
+                final = {
+                    "epochs_done": len(records), "primary_head": learner.primary_head, "last": records[-1],
+                    "best": records[best_epoch - 1], "seconds": sum(r["seconds"] for r in records),
+                    "wall_seconds_this_session": time.perf_counter() - t_run, **cost,
+                }
+            ckpt = {"format": runs.CHECKPOINT_FORMAT, "epoch": epoch + 1, "best_epoch": best_epoch, "records": records,
+                    "final": final, "model": learner.state_dict(), "optimizer": opt.state_dict(),
+                    "loader": train_loader.state_dict(), "rng": runtime.rng_state(device)}
+            run.commit_epoch(epoch=epoch + 1, records=records, checkpoint=runs.torch_bytes(ckpt),
+                             weights=_weights_bytes(learner), best_epoch=best_epoch, final=final)
             if writer is not None:
                 for k, v in record.items():
                     if k != "epoch":
@@ -420,19 +289,7 @@ def _fit(learner, data, config, run_dir, device, ckpt, initial_optimizer_state) 
             bar.close()
         if writer is not None:
             writer.close()
-
-    final = {
-        "epochs_done": len(records),
-        "primary_head": learner.primary_head,
-        "last": records[-1],
-        "best": best,
-        "seconds": sum(r["seconds"] for r in records),
-        "wall_seconds_this_session": time.perf_counter() - t_run,
-        **cost,
-    }
-    runs.write_json(run_dir / runs.FINAL, final)
-    runs.write_json(run_dir / runs.STATUS, {"state": "complete", "epoch": len(records)})
-    return RunResult(run_dir, final, records)
+    return RunResult(run.path, run.final(), records)
 
 
 def _step_terms(total, parts: dict, heads: dict | None, y: torch.Tensor) -> tuple[tuple[str, ...], torch.Tensor]:
@@ -460,33 +317,56 @@ def _epoch_means(sums: dict[tuple[str, ...], torch.Tensor], n: int) -> dict[str,
     return out
 
 
-def _save_epoch(run_dir, learner, opt, loader, device, epoch, records, is_best) -> None:
-    """Checkpoint first, then the metrics: a crash in between only repeats an epoch."""
-    ckpt = {
-        "format": CHECKPOINT_FORMAT,
-        "epoch": epoch,
-        "model": learner.state_dict(),
-        "optimizer": opt.state_dict(),
-        "loader": loader.state_dict(),
-        "rng": _rng_state(device),
+def _weights_bytes(learner: Learner) -> bytes:
+    return safetensors_save({k: v.detach().cpu().contiguous() for k, v in learner.state_dict().items()})
+
+
+def _check_run_dir(run: runs.RunDir, config: RunConfig, resume: bool) -> None:
+    """An existing run directory must hold this config, be resumable, and not have diverged."""
+    if not (run.path / runs.CONFIG).exists():
+        return
+    diffs = differences(run.config().semantic(), config.semantic())
+    if diffs:
+        raise RunDirError(
+            f"{run.path} holds a run with a different config ({'; '.join(diffs)}). Nothing was changed there. "
+            f"Use another run directory (experiment.run names one per config) or restore those parameters."
+        )
+    if run.state == "diverged":
+        raise DivergedError(f"{run.path} diverged before ({run.manifest().get('message', '')}); rerunning the same config diverges again")
+    if not resume:
+        raise RunDirError(f"{run.path} already holds a run; pass resume=True to continue it, or use another directory")
+
+
+def _run_metadata(config: RunConfig, data: ImageData, device: torch.device) -> dict:
+    return {
+        "config": config.to_dict(),
+        "data": {
+            "name": data.name, "num_classes": data.num_classes, "in_channels": data.in_channels,
+            "image_size": list(data.image_size), "n_train": len(data.y_train), "n_test": len(data.y_test),
+            "mean": list(data.mean), "std": list(data.std),
+        },
+        "versions": runtime.versions(),
+        "device_name": runtime.device_name(device),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    runs.atomic_write_bytes(run_dir / runs.CHECKPOINT, _to_bytes(ckpt))
-    weights = _weights_bytes(learner)
-    runs.atomic_write_bytes(run_dir / runs.WEIGHTS, weights)
-    if is_best:
-        runs.atomic_write_bytes(run_dir / runs.BEST_WEIGHTS, weights)
-    runs.write_metrics(run_dir, records)
-    runs.write_json(run_dir / runs.STATUS, {"state": "running", "epoch": epoch})
 
 
-def _diverged(run_dir: Path, epoch: int, metrics: dict) -> None:
-    terms = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if not k.endswith("top1"))
-    msg = (
-        f"the training loss became non-finite in epoch {epoch + 1} ({terms}). "
-        f"The checkpoint of epoch {epoch} is kept in {run_dir}; lower lr, check the loss terms, "
-        f"or use precision='fp32'."
-    )
-    runs.write_json(run_dir / runs.STATUS, {"state": "diverged", "epoch": epoch, "message": msg})
+def _stop_if_diverged(run: runs.RunDir, learner: Learner, epoch: int, metrics: dict) -> None:
+    """Stop before a non-finite loss, weight or BatchNorm statistic reaches a commit."""
+    tensors = [(k, v) for k, v in learner.state_dict().items() if v.is_floating_point()]
+    finite = torch.stack([torch.isfinite(v).all() for _, v in tensors]).tolist()  # one sync per epoch
+    bad = [k for (k, _), ok in zip(tensors, finite) if not ok]
+    if math.isfinite(metrics["train/loss"]) and not bad:
+        return
+    what = (f"the training loss became non-finite in epoch {epoch + 1} "
+            f"({', '.join(f'{k}={v:.4g}' for k, v in metrics.items() if not k.endswith('top1'))})"
+            if not math.isfinite(metrics["train/loss"]) else
+            f"{len(bad)} weight/buffer tensor(s) became non-finite in epoch {epoch + 1} (e.g. {', '.join(bad[:3])})")
+    done = run.epochs_done
+    kept = (f"epoch {done} is kept as the last committed epoch ({run.file_path('checkpoint').name}, "
+            f"{run.file_path('last').name})" if done else "no epoch had been committed, so no weights are kept")
+    msg = f"{what}. {kept} in {run.path}; lower lr, check the loss terms, or use precision='fp32'."
+    run.mark_diverged(msg)
     raise DivergedError(msg)
 
 

@@ -2,7 +2,6 @@
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from cooplib import experiment, runs, train
 from cooplib.config import RunConfig
@@ -23,9 +22,9 @@ def test_init_from_loads_weights_and_momentum_strictly(npz_config, tmp_path):
     child_cfg = npz_config.replace(init_from=str(parent.run_dir), lr=0.01, epochs=1, seed=7)
     data = experiment.load_data(child_cfg)
     learner, opt_state = experiment.build_learner(child_cfg, data)
-    parent_weights = load_file(parent.run_dir / runs.WEIGHTS)
+    parent_weights = runs.RunDir(parent.run_dir).weights()
     assert all(torch.equal(v, parent_weights[k]) for k, v in learner.state_dict().items())
-    parent_opt = train.load_checkpoint(parent.run_dir / runs.CHECKPOINT)["optimizer"]
+    parent_opt = runs.RunDir(parent.run_dir).checkpoint()["optimizer"]
     opt = train.make_optimizer(learner, child_cfg, torch.device("cpu"))
     train.carry_optimizer_state(opt, opt_state)
     assert opt.param_groups[0]["lr"] == 0.01  # hyperparameters are the child's

@@ -68,7 +68,7 @@ def test_logged_lr_is_the_lr_the_optimizer_applied(tiny_data, tmp_path):
 
 
 def _same_weights(a: Path, b: Path) -> bool:
-    return (a / runs.WEIGHTS).read_bytes() == (b / runs.WEIGHTS).read_bytes()
+    return runs.RunDir(a).file_path("last").read_bytes() == runs.RunDir(b).file_path("last").read_bytes()
 
 
 def _strip_time(records):
@@ -152,10 +152,10 @@ def test_diverging_loss_stops_and_keeps_last_good_checkpoint(tiny_data, tmp_path
     cfg = small_config(epochs=4)
     torch.manual_seed(0)
     run_dir = tmp_path / "run"
-    with pytest.raises(DivergedError, match="non-finite in epoch 3"):
+    with pytest.raises(DivergedError, match=r"non-finite in epoch 3.*epoch 2 is kept .*checkpoint-0002.pt"):
         train.fit(NaNAtEpoch(build("resnet8", 4, 3), epoch=2), tiny_data, cfg, run_dir)
     assert runs.status(run_dir) == "diverged"
-    ckpt = train.load_checkpoint(run_dir / runs.CHECKPOINT)
+    ckpt = runs.RunDir(run_dir).checkpoint()
     assert ckpt["epoch"] == 2 and all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
     assert len(runs.read_metrics(run_dir)) == 2
     with pytest.raises(DivergedError, match="diverged before"):
@@ -165,10 +165,10 @@ def test_diverging_loss_stops_and_keeps_last_good_checkpoint(tiny_data, tmp_path
 def test_resume_with_a_different_config_is_refused_and_changes_nothing(tiny_data, tmp_path):
     run_dir = tmp_path / "run"
     train.fit(baseline(tiny_data), tiny_data, small_config(epochs=1), run_dir)
-    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and p.name != runs.LOCK}
     with pytest.raises(RunDirError, match=r"lr: 0.05 -> 0.2"):
         train.fit(baseline(tiny_data), tiny_data, small_config(epochs=1, lr=0.2), run_dir)
-    assert before == {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    assert before == {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and p.name != runs.LOCK}
     with pytest.raises(RunDirError, match="resume=True"):
         train.fit(baseline(tiny_data), tiny_data, small_config(epochs=1), run_dir, resume=False)
 
@@ -176,9 +176,10 @@ def test_resume_with_a_different_config_is_refused_and_changes_nothing(tiny_data
 def test_complete_run_is_reused_not_retrained(tiny_data, tmp_path):
     run_dir = tmp_path / "run"
     first = train.fit(baseline(tiny_data), tiny_data, small_config(epochs=1), run_dir)
-    stamp = (run_dir / runs.CHECKPOINT).stat().st_mtime_ns
+    ckpt = runs.RunDir(run_dir).file_path("checkpoint")
+    stamp = ckpt.stat().st_mtime_ns
     again = train.fit(baseline(tiny_data, seed=5), tiny_data, small_config(epochs=1, progress=True), run_dir)
-    assert again.final == first.final and (run_dir / runs.CHECKPOINT).stat().st_mtime_ns == stamp
+    assert again.final == first.final and ckpt.stat().st_mtime_ns == stamp
 
 
 def test_corrupt_checkpoint_is_a_clear_error(tiny_data, tmp_path):
@@ -186,10 +187,10 @@ def test_corrupt_checkpoint_is_a_clear_error(tiny_data, tmp_path):
     torch.manual_seed(0)
     with pytest.raises(KeyboardInterrupt):
         train.fit(Interrupting(build("resnet8", 4, 3), at=(1, 0)), tiny_data, small_config(epochs=3), run_dir)
-    data = (run_dir / runs.CHECKPOINT).read_bytes()
-    (run_dir / runs.CHECKPOINT).write_bytes(data[: len(data) // 2])
+    path = runs.RunDir(run_dir).file_path("checkpoint")
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     metrics = (run_dir / runs.METRICS).read_bytes()
-    with pytest.raises(RunDirError, match="checkpoint.pt is corrupt"):
+    with pytest.raises(RunDirError, match=r"checkpoint-0001.pt does not match the checksum.*cooplib.runs reset"):
         train.fit(baseline(tiny_data), tiny_data, small_config(epochs=3), run_dir)
     assert (run_dir / runs.METRICS).read_bytes() == metrics
 
@@ -201,9 +202,9 @@ class _Evil:
 
 def test_checkpoint_loading_never_executes_code(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    torch.save({"format": 1, "payload": _Evil()}, tmp_path / "checkpoint.pt")
+    torch.save({"format": runs.CHECKPOINT_FORMAT, "payload": _Evil()}, tmp_path / "checkpoint.pt")
     with pytest.raises(RunDirError, match="corrupt or not a cooplib checkpoint"):
-        train.load_checkpoint(tmp_path / "checkpoint.pt")
+        runs.load_checkpoint(tmp_path / "checkpoint.pt")
     assert not (tmp_path / "PWNED").exists()
 
 
@@ -222,8 +223,8 @@ def test_run_directory_records(tiny_data, tmp_path):
     # final weights load without pickle and equal the checkpoint's
     from safetensors.torch import load_file
 
-    w = load_file(run_dir / runs.WEIGHTS)
-    ckpt = train.load_checkpoint(run_dir / runs.CHECKPOINT)
+    w = load_file(runs.RunDir(run_dir).file_path("last"))
+    ckpt = runs.RunDir(run_dir).checkpoint()
     assert all(torch.equal(w[k], ckpt["model"][k]) for k in w)
     assert not list(run_dir.glob(".*.tmp"))
     frame = runs.load_runs(tmp_path)
