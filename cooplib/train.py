@@ -178,11 +178,11 @@ def fit(
     device = runtime.resolve_device(config.device)
     with run.lock():
         _check_run_dir(run, config, resume)
-        if run.state == "complete":  # nothing is trained
-            return RunResult(run.path, run.final(), run.records())
         if not (run.path / runs.CONFIG).exists():
             run.create(_run_metadata(config, data, device))
         ckpt = run.recover()
+        if run.state == "complete":  # nothing is trained
+            return RunResult(run.path, run.final(), run.records())
         with runtime.determinism(config.deterministic):
             return _fit(learner, data, config, run, device, ckpt, initial_optimizer_state)
 
