@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -33,6 +34,17 @@ BUILD = REPO_ROOT / "_build"
 INJECTED = ("profile", "out_dir")
 
 
+class _ProfileLoader(yaml.SafeLoader):
+    """YAML as people write it: `5e-4` is a number (YAML 1.1 wants `5.0e-4`, else text)."""
+
+
+_ProfileLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
 def profile_names() -> list[str]:
     return sorted(p.stem for p in PROFILES.glob("*.yml"))
 
@@ -42,7 +54,7 @@ def load_profile(name: str) -> dict:
     path = Path(name) if name.endswith((".yml", ".yaml")) else PROFILES / f"{name}.yml"
     if not path.exists():
         raise ConfigError(f"unknown profile {name!r}; available: {', '.join(profile_names())}{suggest(name, profile_names())}")
-    prof = yaml.safe_load(path.read_text()) or {}
+    prof = yaml.load(path.read_text(), Loader=_ProfileLoader) or {}
     if not isinstance(prof.get("notebooks"), dict) or not prof["notebooks"]:
         raise ConfigError(f"profile {path} needs a 'notebooks:' mapping of notebook name -> parameters")
     prof["name"] = path.stem
@@ -94,41 +106,137 @@ def validate(profile: dict, only: list[str] | None = None) -> dict[str, dict]:
                     f"profile {profile['name']!r}, notebook {nb!r}: unknown parameter {key!r}{suggest(key, declared)}; "
                     f"the notebook declares: {', '.join(declared)}"
                 )
+            problem = type_mismatch(params[key], declared[key])
+            if problem:
+                raise ConfigError(f"profile {profile['name']!r}, notebook {nb!r}: {key} {problem}")
         plan[nb] = params
     return plan
+
+
+def type_mismatch(value, default_source: str) -> str | None:
+    """Why `value` cannot stand for a parameter whose default is `default_source`, or None.
+
+    The default's literal type is the parameter's type (an int may stand for a float;
+    None, or a default that is not a literal, accepts anything)."""
+    import ast
+
+    try:
+        default = ast.literal_eval(default_source)
+    except (ValueError, SyntaxError):
+        return None
+    if default is None or value is None:
+        return None
+    checks = [
+        (bool, lambda v: isinstance(v, bool), "true or false"),
+        (int, lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+        (float, lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number"),
+        (str, lambda v: isinstance(v, str), "a string"),
+        ((list, tuple), lambda v: isinstance(v, (list, tuple)), "a list"),
+        (dict, lambda v: isinstance(v, dict), "a mapping"),
+    ]
+    for kind, ok, what in checks:
+        if isinstance(default, kind):
+            return None if ok(value) else f"must be {what} like {default_source}, got {value!r}"
+    return None
+
+
+#: names IPython puts in a kernel's namespace (never parameters)
+_KERNEL_NAMES = frozenset({"In", "Out", "get_ipython", "exit", "quit", "open"})
+
+
+def check_notebook_parameters(notebook: str, namespace: dict) -> None:
+    """The guard cell of every notebook: the strict check of `validate`, wherever the
+    notebook runs (papermill directly, JupyterLab, nbval), not only under cooplib.book.
+
+    Papermill injects `-p NAME VALUE` as a cell starting `# Parameters`; a name there
+    that the notebook does not declare, or a value of the wrong type, is an error with
+    a suggestion (papermill itself only warns and runs with the default)."""
+    import ast
+
+    declared = notebook_parameters(notebook)
+    injected = []
+    for source in namespace.get("In", []):
+        if source.lstrip().startswith("# Parameters"):
+            injected += [t.id for node in ast.parse(source).body if isinstance(node, ast.Assign)
+                         for t in node.targets if isinstance(t, ast.Name)]
+    for name in injected:
+        if name not in declared:
+            raise ConfigError(f"notebook {notebook!r}: unknown parameter {name!r}{suggest(name, declared)}; "
+                              f"it declares: {', '.join(declared)}")
+    for name, default in declared.items():
+        problem = type_mismatch(namespace.get(name), default) if name in namespace else None
+        if problem:
+            raise ConfigError(f"notebook {notebook!r}: parameter {name} {problem}")
 
 
 def runs_dir_for(profile: dict) -> Path:
     return (REPO_ROOT / profile.get("runs_dir", f"runs/{profile['name']}")).resolve()
 
 
-def execute(profile_name: str, only: list[str] | None = None, runs_dir: str | Path | None = None, progress: bool = False) -> list[Path]:
-    """Run the profile's notebooks with papermill into book/_executed/; return their paths."""
+def execute(profile_name: str, only: list[str] | None = None, runs_dir: str | Path | None = None,
+            progress: bool = False) -> dict[str, str]:
+    """Run the profile's notebooks with papermill into book/_executed/.
+
+    Every notebook runs even when an earlier one fails; executed notebooks of another
+    profile are removed first, so the book never mixes profiles. Returns the failures,
+    {notebook: "cell N: Error: message"} (empty when all succeeded).
+    """
     import papermill
 
     profile = load_profile(profile_name)
     plan = validate(profile, only)
     out_root = Path(runs_dir).resolve() if runs_dir else runs_dir_for(profile)
     EXECUTED.mkdir(parents=True, exist_ok=True)
+    _remove_other_profiles(profile["name"])
     os.environ["COOPLIB_PROGRESS"] = "1" if progress else "0"
-    outputs, timings = [], {}
+    failures, timings = {}, {}
     for nb, params in plan.items():
         output = EXECUTED / f"{nb}.ipynb"
-        print(f"[cooplib.book] {profile['name']}: executing {nb} -> {output.relative_to(REPO_ROOT)}", flush=True)
+        print(f"[cooplib.book] {profile['name']}: executing {nb} -> {_shown(output)}", flush=True)
         t0 = time.perf_counter()
-        papermill.execute_notebook(
-            str(NOTEBOOKS / f"{nb}.ipynb"),
-            str(output),
-            parameters={**params, "profile": profile["name"], "out_dir": str(out_root)},
-            cwd=str(NOTEBOOKS),
-            kernel_name="python3",
-            progress_bar=False,
-        )
+        try:
+            papermill.execute_notebook(
+                str(NOTEBOOKS / f"{nb}.ipynb"),
+                str(output),
+                parameters={**params, "profile": profile["name"], "out_dir": str(out_root)},
+                cwd=str(NOTEBOOKS),
+                kernel_name="python3",
+                progress_bar=False,
+            )
+        except papermill.PapermillExecutionError as exc:
+            last = (exc.evalue or "").strip().splitlines()[-1:] or [""]
+            failures[nb] = f"In [{exc.exec_count}]: {exc.ename}: {last[0]}"
+        except Exception as exc:  # the kernel died, a file could not be written, ...
+            failures[nb] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
         timings[nb] = time.perf_counter() - t0
-        print(f"[cooplib.book] {nb} done in {timings[nb]:.1f} s", flush=True)
-        outputs.append(output)
+        print(f"[cooplib.book] {nb} {'FAILED' if nb in failures else 'done'} in {timings[nb]:.1f} s", flush=True)
     _write_build_info(profile, out_root, timings)
-    return outputs
+    return failures
+
+
+def _shown(path: Path) -> Path:
+    return path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path
+
+
+def _remove_other_profiles(profile: str) -> None:
+    """Delete executed notebooks that another profile produced (a mixed book would mislead)."""
+    import nbformat
+
+    for path in EXECUTED.glob("*.ipynb"):
+        params = nbformat.read(path, as_version=4).metadata.get("papermill", {}).get("parameters", {})
+        if params.get("profile") != profile:
+            path.unlink()
+
+
+def summary(profile: str, failures: dict[str, str], total: int) -> str:
+    """The one-screen end of a batch: which notebooks failed, where, and why."""
+    if not failures:
+        return f"[cooplib.book] {profile}: all {total} notebook(s) executed"
+    lines = [f"[cooplib.book] {profile}: {total - len(failures)} of {total} notebook(s) executed, {len(failures)} FAILED:"]
+    lines += [f"  {nb:20s} {why}" for nb, why in failures.items()]
+    lines.append(f"  (tracebacks in {_shown(EXECUTED)}/<notebook>.ipynb; rerun one with --only NAME; "
+                 f"the HTML is built once every notebook succeeds)")
+    return "\n".join(lines)
 
 
 def _write_build_info(profile: dict, runs_root: Path, timings: dict[str, float]) -> None:
@@ -141,7 +249,7 @@ def _write_build_info(profile: dict, runs_root: Path, timings: dict[str, float])
         "",
         f"Executed {time.strftime('%Y-%m-%d %H:%M %Z')} with torch {torch.__version__} on "
         f"{'CUDA: ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU only'}; "
-        f"run directories under `{runs_root.relative_to(REPO_ROOT) if runs_root.is_relative_to(REPO_ROOT) else runs_root}`.",
+        f"run directories under `{_shown(runs_root)}`.",
         "",
         "| notebook | seconds to execute |",
         "|---|---|",
@@ -206,7 +314,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd in ("run", "all"):
             t0 = time.perf_counter()
-            execute(args.profile, args.only, args.runs_dir, args.progress)
+            failures = execute(args.profile, args.only, args.runs_dir, args.progress)
+            print(summary(args.profile, failures, len(args.only or load_profile(args.profile)["notebooks"])), flush=True)
+            if failures:
+                return 1
             if args.cmd == "all":
                 build()
             print(f"[cooplib.book] total {time.perf_counter() - t0:.1f} s")

@@ -2,14 +2,16 @@
 
 One flat dataclass so that notebook parameters, config.json and the columns of
 `runs.load_runs` all use the same names. Defaults are the ONE paper's CIFAR recipe
-(REFERENCES.md): SGD Nesterov 0.9, lr 0.1 -> x0.1 at 50% and 75% of 300 epochs,
-batch 128, weight decay 1e-4 (the reference code's run scripts).
+(Lan et al., NeurIPS 2018, section 4): SGD Nesterov 0.9, lr 0.1 -> x0.1 at 50% and 75%
+of 300 epochs, batch 128, weight decay 1e-4 (the run scripts of the ONE reference code,
+github.com/Lan1991Xu/ONE_NeurIPS2018).
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -18,6 +20,11 @@ from .errors import ConfigError, suggest
 SCHEDULES = ("step", "cosine", "constant")
 PRECISIONS = ("auto", "bf16", "fp32")
 AUGMENTS = ("default", "none", "crop", "flip", "crop+flip")
+
+#: the device names `runtime.resolve_device` accepts
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+#: fields whose value may be None (what None means is in the field's comment)
+OPTIONAL = frozenset({"data_root", "train_size", "test_size", "init_from", "channels_last"})
 
 #: fields that do not change what a run computes (ignored when resuming / naming runs)
 COSMETIC = frozenset({"progress", "tensorboard"})
@@ -62,14 +69,43 @@ class RunConfig:
     tensorboard: bool = True
 
     def __post_init__(self) -> None:
+        self._check_types()
         self.milestones = tuple(float(m) for m in self.milestones)
         self.grad_ratio_clip = tuple(float(c) for c in self.grad_ratio_clip)
         self._check()
+
+    def _check_types(self) -> None:
+        """Each field has the type of its default: a string where a number belongs (a
+        quoted value, or YAML's `5e-4`, which it reads as text) is named, not a TypeError."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+            if value is None and f.name in OPTIONAL:
+                continue
+            kind = type(default) if default is not None else {"channels_last": bool}.get(f.name, str)
+            if f.name in ("train_size", "test_size"):
+                kind = int
+            if kind is float:
+                ok, what = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+            elif kind is int:
+                ok, what = isinstance(value, int) and not isinstance(value, bool), "an integer"
+            elif kind is tuple:
+                ok = isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+                what = "a list of numbers"
+            else:
+                ok, what = isinstance(value, kind), {bool: "true or false", str: "a string", dict: "a mapping"}[kind]
+            if not ok:
+                hint = " (remove the quotes; YAML reads 5e-4 without a dot as text: write 5.0e-4)" if _numeric(value) else ""
+                raise ConfigError(f"{f.name} must be {what}, got {value!r} ({type(value).__name__}){hint}")
 
     def _check(self) -> None:
         def need(cond: bool, msg: str) -> None:
             if not cond:
                 raise ConfigError(msg)
+
+        self._check_types()
+        need(bool(DEVICE_PATTERN.match(self.device)),
+             f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {self.device!r}{suggest(self.device, ('auto', 'cpu', 'cuda', 'mps'))}")
 
         need(isinstance(self.epochs, int) and self.epochs >= 1, f"epochs must be an integer >= 1, got {self.epochs!r}")
         need(isinstance(self.batch_size, int) and self.batch_size >= 1, f"batch_size must be an integer >= 1, got {self.batch_size!r}")
@@ -122,6 +158,13 @@ class RunConfig:
 
     def run_name(self) -> str:
         return f"{self.method}-{self.model}-{self.dataset}-s{self.seed}-{self.digest()}"
+
+
+def _numeric(value: Any) -> bool:
+    try:
+        return isinstance(value, str) and bool(float(value) == float(value))
+    except ValueError:
+        return False
 
 
 def differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:

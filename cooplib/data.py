@@ -93,6 +93,10 @@ class ImageData:
                              f"test images {tuple(self.x_test.shape[1:])} differ in shape")
         if not len(self.mean) == len(self.std) == self.in_channels:
             raise ValueError(f"{self.name}: mean/std need {self.in_channels} channels")
+        flat = [c for c, s in enumerate(self.std) if not s > 0]
+        if flat:
+            raise ValueError(f"{self.name}: the training images are constant in channel(s) {flat} (std 0), so "
+                             f"normalisation would divide by zero; check that the file holds real images")
 
     @property
     def num_classes(self) -> int:

@@ -8,20 +8,18 @@ from __future__ import annotations
 
 import os
 import platform
-import re
 from contextlib import contextmanager
 from typing import Iterator
 
 import torch
 
+from .config import DEVICE_PATTERN
 from .errors import ConfigError
-
-_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
 def resolve_device(name: str) -> torch.device:
     """`auto` (CUDA when present, else CPU), `cpu`, `cuda`, `cuda:N` or `mps`."""
-    if not isinstance(name, str) or not _DEVICE.match(name):
+    if not isinstance(name, str) or not DEVICE_PATTERN.match(name):
         raise ConfigError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {name!r}")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

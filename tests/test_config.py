@@ -34,3 +34,47 @@ def test_unknown_method_and_method_argument():
         methods.build("baselin", "resnet8", 10)
     with pytest.raises(ValueError, match="label_smoothing"):
         methods.build("baseline", "resnet8", 10, label_smothing=0.1)
+
+
+@pytest.mark.parametrize(
+    "bad,message",
+    [
+        ({"lr": "5e-4"}, r"lr must be a number, got '5e-4' \(str\) \(remove the quotes; YAML reads 5e-4"),
+        ({"weight_decay": "5e-4"}, r"weight_decay must be a number, got '5e-4'"),
+        ({"seed": "["}, r"seed must be an integer, got '\[' \(str\)$"),
+        ({"epochs": True}, r"epochs must be an integer, got True"),
+        ({"device": "cpuu"}, r"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got 'cpuu' \(did you mean 'cpu'\?\)"),
+        ({"milestones": [0.5, "x"]}, r"milestones must be a list of numbers"),
+        ({"method_args": ["branches", 3]}, r"method_args must be a mapping"),
+        ({"nesterov": "yes"}, r"nesterov must be true or false, got 'yes'"),
+    ],
+)
+def test_mistyped_values_get_one_clear_line(bad, message):
+    with pytest.raises(ConfigError, match=message):
+        RunConfig(**bad)
+
+
+def test_device_that_is_not_here_is_a_clear_error():
+    import torch
+
+    from cooplib.runtime import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA is not available here; use device='auto' or 'cpu'"):
+            resolve_device("cuda:0")
+    else:
+        with pytest.raises(ConfigError, match="CUDA device"):
+            resolve_device(f"cuda:{torch.cuda.device_count()}")
+
+
+def test_constant_images_are_refused_before_training(tmp_path):
+    import numpy as np
+
+    from cooplib import data
+
+    path = tmp_path / "zeros.npz"
+    zeros = np.zeros((8, 3, 4, 4), np.uint8)
+    np.savez(path, x_train=zeros, y_train=np.arange(8) % 2, x_test=zeros, y_test=np.arange(8) % 2)
+    with pytest.raises(ValueError, match=r"constant in channel\(s\) \[0, 1, 2\] \(std 0\)"):
+        data.load("npz", path=str(path))
