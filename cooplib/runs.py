@@ -293,6 +293,9 @@ class RunDir:
         """Back to the last commit: remove temporary and uncommitted files, drop metrics
         lines past the commit, verify what remains; return the checkpoint (None if none).
         Call with the lock held."""
+        if self.manifest() is None and any((self.path / old).exists() for old in ("status.json", "checkpoint.pt")):
+            raise RunDirError(f"{self.path} was written by an older cooplib (no {COMMIT}); nothing was changed. "
+                              f"Move it aside with `python -m cooplib.runs reset {self.path}` to retrain it")
         manifest = self.manifest() or {"files": {}, "epoch": 0}
         named = {e["name"] for e in manifest["files"].values()}
         for p in self.path.iterdir():

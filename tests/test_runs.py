@@ -299,3 +299,15 @@ def test_orphans_and_uncommitted_files_are_removed_on_resume(npz_path, tmp_path)
         ckpt = runs.RunDir(cut).recover()
     assert ckpt["epoch"] == 1
     assert not list(cut.glob(".*.tmp")) and not (cut / "checkpoint-0002.pt").exists()
+
+
+def test_a_run_directory_of_the_older_layout_is_left_alone(npz_path, tmp_path):
+    run_dir = tmp_path / "run"
+    cfg = config(npz_path, epochs=1)
+    run_dir.mkdir()
+    runs.write_json(run_dir / runs.CONFIG, {"config": cfg.to_dict()})
+    (run_dir / "status.json").write_text('{"state": "complete"}')
+    (run_dir / runs.FINAL).write_text("{}")
+    with pytest.raises(RunDirError, match="older cooplib .*cooplib.runs reset"):
+        experiment.run(cfg, run_dir=run_dir)
+    assert (run_dir / runs.FINAL).exists()
