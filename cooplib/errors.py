@@ -1,4 +1,4 @@
-"""Exceptions with messages that say what to do, and a did-you-mean helper."""
+"""Exceptions with messages that say what to do, and the one did-you-mean helper."""
 from __future__ import annotations
 
 import difflib
@@ -29,3 +29,7 @@ class DivergedError(CooplibError, FloatingPointError):
 
 class RunLockedError(RunDirError):
     """Another live process holds the run directory's lock (it is training that run)."""
+
+
+class DatasetNotFoundError(CooplibError, FileNotFoundError):
+    """A dataset's files are missing; the message says what to download and where to put it."""

@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+from cooplib.errors import ConfigError
 from cooplib.flops import count_params
 from cooplib.models import BasicBlock, Bottleneck, CifarResNet, build, names
 
@@ -93,16 +94,18 @@ def test_names_and_generic_depths():
 
 
 def test_unknown_name_suggests():
-    with pytest.raises(ValueError, match="Did you mean 'resnet32'") as e:
+    with pytest.raises(ConfigError, match="did you mean 'resnet32'") as e:
         build("resnt32", 10)
     assert "resnet110_bottleneck" in str(e.value)  # lists what is available
-    with pytest.raises(ValueError, match="Unknown model 'vgg16'"):
+    with pytest.raises(ConfigError, match="unknown model 'vgg16'"):
         build("vgg16", 10)
+    with pytest.raises(ConfigError, match="no option.*did you mean 'widths'"):
+        build("resnet8", 10, widht=(8, 8, 8))
 
 
 @pytest.mark.parametrize("name", ["resnet30", "resnet2", "resnet0"])
 def test_invalid_depth(name: str):
-    with pytest.raises(ValueError, match=r"6n\+2"):
+    with pytest.raises(ConfigError, match=r"6n\+2.*nearest valid: resnet"):
         build(name, 10)
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .. import losses
+from .. import losses, models
+from ..registry import METHODS
 from .base import Learner, TrainState
 
 
@@ -27,3 +28,10 @@ class Baseline(Learner):
 
     def deployable(self) -> nn.Module:
         return self.net
+
+
+@METHODS.register("baseline")
+def build_baseline(model: str, num_classes: int, in_channels: int = 3, *,
+                   label_smoothing: float = 0.0) -> Baseline:
+    """Registry factory: the network ``model`` alone."""
+    return Baseline(models.build(model, num_classes, in_channels), label_smoothing=label_smoothing)

@@ -41,6 +41,7 @@ from torch import nn
 
 from .. import losses, models
 from ..models import packed as packing
+from ..registry import METHODS
 from .base import Learner, TrainState
 
 UPDATES = ("joint", "sequential")
@@ -167,17 +168,22 @@ def peer_names(model: str | Sequence[str], peers: int | None = None) -> list[str
     return names
 
 
+@METHODS.register("dml")
 def build_dml(
     model: str | Sequence[str],
     num_classes: int,
     in_channels: int = 3,
+    *,
     peers: int | None = None,
-    **dml_args,
+    temperature: float = 1.0,
+    mutual: bool = True,
+    update: str = "joint",
+    packed: bool = False,
 ) -> DML:
-    """A DML Learner; each peer built (and so initialised) independently, in order.
+    """Registry factory: a DML Learner; each peer built (and so initialised) independently, in order.
 
     ``model``: one name (``peers`` copies, default 2), a list of names, or names joined
     by ``+`` (``"resnet32+resnet56"``, handy for RunConfig.model, which is a string).
     """
     nets = [models.build(name, num_classes, in_channels) for name in peer_names(model, peers)]
-    return DML(nets, **dml_args)
+    return DML(nets, temperature=temperature, mutual=mutual, update=update, packed=packed)

@@ -41,6 +41,7 @@ from torch import nn
 from .. import expand as _expand
 from .. import losses
 from ..models.multibranch import MultiBranchResNet
+from ..registry import METHODS
 from .base import Learner, TrainState
 
 TEACHERS = ("gate", "average")
@@ -171,19 +172,28 @@ class ONE(Learner):
         return self.net.classifier_parameters()
 
 
+@METHODS.register("one")
 def build_one(
     model: str,
     num_classes: int,
     in_channels: int = 3,
+    *,
     branches: int = 3,
     share: bool = True,
     packed: bool = False,
-    **one_args,
+    temperature: float = 3.0,
+    distill: bool = True,
+    teacher: str = "gate",
+    ramp_epochs: int = 0,
+    expand: str = "duplicate",
+    expand_noise: float = 0.01,
+    expand_prior: float = -10.0,
 ) -> ONE:
     """Registry factory: ONE with ``branches`` branches on the CIFAR ResNet ``model``;
     ``packed`` runs them as one wider network (same weights and results)."""
     net = MultiBranchResNet(model, num_classes, in_channels, branches=branches, share=share, packed=packed)
-    return ONE(net, **one_args)
+    return ONE(net, temperature=temperature, distill=distill, teacher=teacher, ramp_epochs=ramp_epochs,
+               expand=expand, expand_noise=expand_noise, expand_prior=expand_prior)
 
 
 __all__ = ["ONE", "build_one", "sigmoid_ramp", "TEACHERS"]

@@ -17,11 +17,16 @@ The global pool is adaptive, so any input size works (8x8 digits, 28x28 Fashion-
 """
 from __future__ import annotations
 
-from typing import Literal
+import re
+from functools import partial
+from typing import Callable, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..errors import ConfigError
+from ..registry import MODELS
 
 Shortcut = Literal["projection", "zeropad"]
 
@@ -118,6 +123,7 @@ class CifarResNet(nn.Module):
         blocks_per_stage: int,
         num_classes: int,
         in_channels: int = 3,
+        *,
         widths: tuple[int, int, int] = (16, 32, 64),
         shortcut: Shortcut = "projection",
     ) -> None:
@@ -172,3 +178,49 @@ class CifarResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.pool(self.layer3(self.layer2(self.layer1(self.stem(x))))))
+
+
+# ---------------------------------------------------------------------------------------
+# Registered names
+#
+# - ``resnet{6n+2}`` (8, 14, 20, 32, 44, 56, 110 listed; any 6n+2 depth, e.g. ``resnet26``,
+#   is accepted): basic-block CIFAR ResNets with n blocks per stage.
+# - ``resnet112``: alias of ``resnet110``. The offline-KD papers call the 110-layer
+#   teacher "ResNet-112"; it is the same network.
+# - ``resnet110_bottleneck``: what the ONE reference code (Lan1991Xu/ONE_NeurIPS2018)
+#   builds for "ResNet-110": n = (110 - 2) // 6 = 18 *bottleneck* blocks per stage
+#   (1,727,284 params for 100 classes). That is NOT the 9n+2 bottleneck convention: it has
+#   164 weighted layers (the ResNet-164 shape), ``model.depth == 164``. A basic-block
+#   ResNet-110 happens to have about the same parameter count (1,736,564) and ~2% more
+#   FLOPs (5.063e8 vs 4.953e8).
+#
+# Options (keyword-only): ``widths`` and ``shortcut`` (``"zeropad"``: He et al.'s option A).
+# ---------------------------------------------------------------------------------------
+
+LISTED_DEPTHS = (8, 14, 20, 32, 44, 56, 110)
+
+
+def basic_resnet(depth: int) -> Callable[..., CifarResNet]:
+    """The factory ``(num_classes, in_channels=3, *, widths, shortcut)`` of a 6n+2 ResNet."""
+    return partial(CifarResNet, BasicBlock, (depth - 2) // 6)
+
+
+for _depth in LISTED_DEPTHS:
+    MODELS.register(f"resnet{_depth}", *(["resnet112"] if _depth == 110 else []))(basic_resnet(_depth))
+MODELS.register("resnet110_bottleneck")(partial(CifarResNet, Bottleneck, 18))
+
+
+@MODELS.register_family
+def any_basic_depth(name: str) -> Callable[..., CifarResNet] | None:
+    """``resnet{6n+2}`` at any depth; another depth is refused with the nearest valid ones."""
+    match = re.fullmatch(r"resnet(\d+)", name)
+    if match is None:
+        return None
+    depth = int(match.group(1))
+    if depth < 8 or (depth - 2) % 6:
+        lo = max(8, (depth - 2) // 6 * 6 + 2)
+        raise ConfigError(
+            f"{name!r}: a basic-block CIFAR ResNet has depth 6n+2 with n >= 1 "
+            f"(8, 14, 20, 26, 32, ...); nearest valid: resnet{lo} or resnet{lo + 6}"
+        )
+    return basic_resnet(depth)
