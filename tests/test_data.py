@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from cooplib import data
+from cooplib.errors import CooplibError
 from cooplib.data import (Augment, DatasetNotFoundError, DeviceLoader, ImageData, crop_batch,
                           random_crop_flip, sample_crop_flip)
 
@@ -223,12 +224,12 @@ def test_default_root_env(monkeypatch, tmp_path):
     ("svhn", "train_32x32.mat"), ("tinyimagenet", "tiny-imagenet-200.zip"),
     ("fashion-mnist", "train-images-idx3-ubyte.gz")])
 def test_missing_dataset_offline(name, expected, tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "_FASHION_SYSTEM", [])
+    monkeypatch.setattr(data.fashion_mnist, "SYSTEM_FOLDERS", [])
     with pytest.raises(DatasetNotFoundError) as e:
         data.load(name, root=tmp_path)
     assert expected in str(e.value) and str(tmp_path) in str(e.value)
     assert "http" in str(e.value)
-    assert isinstance(e.value, FileNotFoundError)
+    assert isinstance(e.value, FileNotFoundError) and isinstance(e.value, CooplibError)
 
 
 def test_download_failure_becomes_clear_error(tmp_path, monkeypatch):

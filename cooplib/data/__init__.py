@@ -1,0 +1,50 @@
+"""Datasets as uint8 tensors by name, and a batch iterator that augments on the device.
+
+``load(name, root, download, **options)`` returns an :class:`ImageData` holding the
+whole dataset as uint8 NCHW tensors on the CPU; :class:`DeviceLoader` (loader.py) turns
+it into normalised, augmented batches on the training device.
+
+Each source is one module that registers its reader with ``@DATASETS.register(name)``:
+cifar.py (cifar10, cifar100), svhn.py, tinyimagenet.py, fashion_mnist.py, digits.py and
+npz.py (any .npz file); importing it here makes the name known. A reader's options are
+its keyword-only parameters. Datasets cannot always be downloaded (offline machines,
+CI): a missing one raises :class:`DatasetNotFoundError` saying which file to fetch from
+where and where to put it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..registry import DATASETS
+from . import cifar, digits, fashion_mnist, npz, svhn, tinyimagenet  # noqa: F401  (they register)
+from .core import Augment, DatasetNotFoundError, ImageData
+from .fashion_mnist import read_idx
+from .loader import DeviceLoader, crop_batch, random_crop_flip, sample_crop_flip
+
+__all__ = [
+    "Augment", "DATASETS", "DatasetNotFoundError", "DeviceLoader", "ImageData",
+    "crop_batch", "default_root", "load", "names", "random_crop_flip", "read_idx",
+    "sample_crop_flip",
+]
+
+
+def names() -> list[str]:
+    return DATASETS.names()
+
+
+def default_root() -> Path:
+    """``$COOPLIB_DATA`` if set, else ``~/.cache/cooplib/data``."""
+    env = os.environ.get("COOPLIB_DATA")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "cooplib" / "data"
+
+
+def load(name: str, root: str | Path | None = None, download: bool = False,
+         **options) -> ImageData:
+    """Load a registered dataset by name; unknown names and options raise ConfigError.
+
+    Options are validated here because papermill only warns about a mistyped parameter.
+    """
+    root = Path(root).expanduser() if root is not None else default_root()
+    return DATASETS.build(name, root, download, **options)
