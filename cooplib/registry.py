@@ -3,7 +3,8 @@
 Every registrable thing is a factory function with a decorator next to it::
 
     @METHODS.register("baseline")
-    def baseline(model: str, num_classes: int, in_channels: int = 3, *, label_smoothing: float = 0.0):
+    def build_baseline(model: str, num_classes: int, in_channels: int = 3, *,
+                       label_smoothing: float = 0.0) -> Baseline:
         ...
 
 The positional parameters are what the caller always passes (for a method: the model
@@ -65,10 +66,7 @@ class Registry:
 
     def names(self) -> list[str]:
         """Registered names and aliases, numbers in numeric order (resnet8 before resnet14)."""
-        return sorted(self._factories, key=lambda n: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", n)])
-
-    def __contains__(self, name: str) -> bool:
-        return self.normalize(name) in self._factories
+        return sorted(self._factories, key=_natural)
 
     def get(self, name: str) -> Factory:
         """The factory of ``name``; an unknown name raises ConfigError with a suggestion."""
@@ -98,6 +96,10 @@ class Registry:
     def _unknown(self, name: str, key: str) -> ConfigError:
         return ConfigError(f"unknown {self.kind} {name!r}; available: {', '.join(self.names())}"
                            f"{suggest(key, self.names())}")
+
+
+def _natural(name: str) -> list:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
 def _keyword_only(factory: Factory) -> list[str]:

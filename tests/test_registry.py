@@ -46,7 +46,7 @@ def toy():
 
 
 def test_a_registered_toy_method_builds_checks_options_and_trains(toy, tiny_data, tmp_path):
-    assert "toy" in methods.names()
+    assert "toy" in methods.names() and methods.METHODS.options("toy") == ["sharpness"]
     learner = methods.build("toy", "resnet8", 10, sharpness=2.0)
     assert isinstance(learner, Sharpened) and learner.sharpness == 2.0
     assert learner(torch.zeros(2, 3, 8, 8))["net"].shape == (2, 10)
