@@ -1,6 +1,6 @@
 """Branch expansion: a ONE network with more branches, initialised from a trained one.
 
-The claim under test (REFERENCES.md, "Branch expansion") is that a 5-branch network
+The claim under test (book/methods.md, "Branch expansion") is that a 5-branch network
 started from a trained 3-branch one classifies no worse. That needs the expanded network
 to *compute the old function* at the start; the earlier scripts padded the gate with
 zero rows, which still gives new branches weight (softmax of 0 is not 0). Here:

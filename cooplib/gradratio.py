@@ -1,6 +1,6 @@
 """The gradient-ratio learning-rate scheduler of the branch-expansion experiments.
 
-Every parameter tensor t has its own learning rate, set every batch (REFERENCES.md)::
+Every parameter tensor t has its own learning rate, set every batch (book/methods.md)::
 
     lr_t = base_lr_t * factor * clip(mean|g_last| / mean|g_t|, lo, hi)    (lo, hi) = (0.1, 20)
 

@@ -1,6 +1,6 @@
 """Loss terms shared by the Learners.
 
-Conventions (DESIGN.md): distillation is `T^2 * KL(teacher || student)` with the
+Conventions (book/methods.md): distillation is `T^2 * KL(teacher || student)` with the
 teacher detached by the caller's choice, averaged over the batch, never over classes.
 Losses are computed in float32 even under autocast, so bf16 logits cannot underflow.
 """

@@ -1,37 +1,106 @@
-"""Numbers published in the papers, for side-by-side tables (never our results).
+"""Numbers published elsewhere, for side-by-side tables (never our results).
 
-Sources: Lan, Zhu, Gong, "Knowledge Distillation by On-the-Fly Native Ensemble",
-NeurIPS 2018 (ONE); Zhang, Xiang, Hospedales, Lu, "Deep Mutual Learning", CVPR 2018
-(DML). All CIFAR-100 unless stated; top-1 error / accuracy in percent. See
-REFERENCES.md of the project for the recipes behind them.
+Every entry is a `Published`: the value, its spread when the source gives one, how many
+runs it summarises, which epoch it reports (best or last), and its exact source, so a
+table can say what it is comparing with. All CIFAR-100 unless stated; percent.
+
+Sources:
+
+- ONE paper: Lan, Zhu, Gong, "Knowledge Distillation by On-the-Fly Native Ensemble",
+  NeurIPS 2018 (arXiv:1806.04606). Its reference code (Lan1991Xu/ONE_NeurIPS2018)
+  keeps the epoch with the best test accuracy, so its numbers are best-epoch numbers.
+  It prints "± std" for some entries without saying over how many runs; entries
+  without a spread are as printed. Page numbers were not recorded.
+- DML reference package: yukiharada1228/deep-mutual-learning, file
+  examples/CIFAR100/README.md: single runs (seed 42), final epoch, that package's own
+  recipe (ResNet-32, 200 epochs, batch 64, SGD Nesterov lr 0.1, weight decay 5e-4,
+  cosine). These are *not* the DML paper's numbers.
+- The DML paper (Zhang, Xiang, Hospedales, Lu, CVPR 2018) itself: its CIFAR-100 table
+  is not among the sources available to this project, so no number here comes from
+  it. The published DML numbers we use are the ONE paper's (Table 2), which reran DML.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pandas as pd
 
-#: ONE paper, CIFAR-100 top-1 error (%), Tables 1-6.
+ONE_PAPER = "ONE paper (Lan et al., NeurIPS 2018)"
+DML_PACKAGE = "deep-mutual-learning package, examples/CIFAR100/README.md"
+
+
+@dataclass(frozen=True)
+class Published:
+    """One published number and where exactly it comes from."""
+
+    value: float
+    metric: str  # "top-1 error %", "top-1 %", "FLOPs"
+    source: str  # paper or repository file, with the table
+    runs: str  # "single run (seed 42)", "mean ± std, runs not stated", "as printed"
+    epoch: str  # "best" (selected on test) or "last" (final epoch); "" for costs
+    std: float | None = None
+
+    @property
+    def text(self) -> str:
+        return f"{self.value:g}" if self.std is None else f"{self.value:g} ± {self.std:g}"
+
+    @property
+    def label(self) -> str:
+        epoch = {"best": "best epoch", "last": "final epoch", "": ""}[self.epoch]
+        return "; ".join(p for p in (self.source, self.runs, epoch) if p)
+
+
+def _one(table: str, value: float, std: float | None = None, metric: str = "top-1 error %") -> Published:
+    runs = "mean ± std, number of runs not stated" if std is not None else "as printed, no spread given"
+    return Published(value, metric, f"{ONE_PAPER}, {table}", runs, "best" if metric != "FLOPs" else "", std)
+
+
+#: ONE paper, CIFAR-100 top-1 error (%): baseline and ONE (Table 1), KD and DML rerun by
+#: the ONE authors (Table 2), ONE-E (Table 3).
 ONE_CIFAR100_ERROR = {
-    "resnet32": {"baseline": 31.18, "ONE": 26.61, "ONE-E": 24.63, "KD (ResNet-110 teacher)": 28.83, "DML": 29.03},
-    "resnet110": {"baseline": 25.33, "ONE": 21.62, "ONE-E": 21.03, "DML": 24.10},
+    "resnet32": {
+        "baseline": _one("Table 1", 31.18), "ONE": _one("Table 1", 26.61, 0.06), "ONE-E": _one("Table 3", 24.63),
+        "KD (ResNet-110 teacher)": _one("Table 2", 28.83), "DML": _one("Table 2", 29.03, 0.22),
+    },
+    "resnet110": {
+        "baseline": _one("Table 1", 25.33), "ONE": _one("Table 1", 21.62, 0.26), "ONE-E": _one("Table 3", 21.03),
+        "DML": _one("Table 2", 24.10, 0.72),
+    },
 }
 #: ONE paper Table 6: branch count 1..5, ResNet-32, CIFAR-100 top-1 error (%).
-ONE_BRANCH_COUNT_ERROR = {1: 31.18, 2: 27.38, 3: 26.68, 4: 26.58, 5: 26.52}
+ONE_BRANCH_COUNT_ERROR = {m: _one("Table 6 (ResNet-32)", v)
+                          for m, v in {1: 31.18, 2: 27.38, 3: 26.68, 4: 26.58, 5: 26.52}.items()}
 #: ONE paper Table 5 ablation, ResNet-110, CIFAR-100 top-1 error (%).
-ONE_ABLATION_ERROR = {
+ONE_ABLATION_ERROR = {k: _one("Table 5 (ResNet-110)", v) for k, v in {
     "full": 21.62,
     "w/o online distillation": 24.73,
     "w/o sharing layers": 22.45,
     "w/o gating (average teacher)": 22.26,
-}
+}.items()}
 #: ONE paper Tables 3/4: cost in FLOPs (2 x MACs) at 32x32.
-ONE_COST_FLOPS = {"resnet32": {"TeCost": 1.38e8, "TrCost ONE-3": 2.28e8}, "resnet110_bottleneck": {"TrCost ONE-3": 8.29e8}}
+ONE_COST_FLOPS = {
+    "resnet32": {"TeCost": _one("Tables 3/4", 1.38e8, metric="FLOPs"), "TrCost ONE-3": _one("Tables 3/4", 2.28e8, metric="FLOPs")},
+    "resnet110_bottleneck": {"TrCost ONE-3": _one("Tables 3/4", 8.29e8, metric="FLOPs")},
+}
 
-#: DML paper (as summarised in REFERENCES.md): CIFAR-100 ResNet-32, 200 epochs, cosine;
-#: mean top-1 accuracy (%) of the peers at the final epoch, by number of peers K.
-DML_CIFAR100_TOP1 = {"independent": 71.19, 2: 72.12, 3: 72.64, 4: 73.21, 5: 72.61, 6: 73.12, 7: 72.93}
+#: DML reference package README (not the DML paper): CIFAR-100 ResNet-32, mean top-1 (%)
+#: of the peers at the final epoch, one run (seed 42) per K; "independent" = one net alone.
+DML_PACKAGE_CIFAR100_TOP1 = {
+    k: Published(v, "top-1 %", DML_PACKAGE, "single run (seed 42)", "last")
+    for k, v in {"independent": 71.19, 2: 72.12, 3: 72.64, 4: 73.21, 5: 72.61, 6: 73.12, 7: 72.93}.items()
+}
+
+
+def table(entries: dict) -> pd.DataFrame:
+    """Entries {name: Published} as rows: value (± std), metric, runs, epoch, source label."""
+    return pd.DataFrame([{"": name, "published": e.text, "metric": e.metric, "source": e.label}
+                         for name, e in entries.items()]).set_index("")
 
 
 def dml_table() -> pd.DataFrame:
-    rows = [{"peers": k, "published DML top-1 %": v, "published gain": round(v - DML_CIFAR100_TOP1["independent"], 2)}
-            for k, v in DML_CIFAR100_TOP1.items() if k != "independent"]
+    """The DML package README's peer top-1 per K and its gain over one net alone (single runs)."""
+    alone = DML_PACKAGE_CIFAR100_TOP1["independent"]
+    rows = [{"peers": k, "package top-1 % (DML)": e.value,
+             "package gain over one net": f"{e.value - alone.value:+.2f} (single runs, no interval)", "source": e.label}
+            for k, e in DML_PACKAGE_CIFAR100_TOP1.items() if k != "independent"]
     return pd.DataFrame(rows)

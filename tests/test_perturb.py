@@ -239,3 +239,18 @@ def test_default_grids_and_bad_arguments(net, loaders):
         perturb.perturbation_curves(net, *loaders, normalize="layer", progress=False)
     with pytest.raises(ValueError, match="distances"):
         perturb.perturbation_curves(net, *loaders, distances=(0, math.inf), progress=False)
+
+
+def test_direction_flatness_per_direction_and_mean_area_agrees():
+    d = [0.0, 1.0, 2.0]
+    rows = [{"solution": s, "direction": i, "distance": di, "train_ce": 0.1 + k * di * (i + 1),
+             "train_error": 0.0, "test_ce": 0.0, "test_error": 5.0}
+            for s, k in (("sharp", 1.0), ("flat", 0.1)) for i in range(3) for di in d]
+    df = pd.DataFrame(rows)
+    per = perturb.direction_flatness(df, rise=1.0, by="solution").set_index(["solution", "direction"])
+    # direction i of "sharp": ce - ce0 = (i + 1) d, area over [0, 2] = 2 (i + 1); width = 1 / (i + 1)
+    assert per.loc[("sharp", 2), "excess_area"] == pytest.approx(6.0)
+    assert per.loc[("sharp", 1), "width"] == pytest.approx(0.5)
+    assert math.isinf(per.loc[("flat", 0), "width"])  # rises 0.2 nat over the grid only
+    mean = perturb.flatness(df, rise=1.0, by="solution")
+    assert mean.loc["sharp", "excess_area"] == pytest.approx(per.xs("sharp")["excess_area"].mean())
