@@ -21,14 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import save as safetensors_save
 
-from . import runs, runtime
+from . import metrics, runs, runtime
 from .config import RunConfig, differences
 from .data import Augment, DeviceLoader, ImageData
 from .errors import DivergedError, RunDirError
 from .methods.base import Learner, TrainState
+from .metrics import evaluate  # noqa: F401  (re-exported for perturb until it imports metrics)
+from .optim import carry_optimizer_state, gradient_ratio, lr_factor, make_optimizer, set_lr
 from .runtime import resolve_device  # noqa: F401  (re-exported: callers pick the device as fit does)
 
 
@@ -40,16 +41,6 @@ class RunResult:
 
 
 # ---------------------------------------------------------------- settings
-
-
-def lr_factor(config: RunConfig, epoch: int) -> float:
-    """Multiplier of the base learning rate during 0-based `epoch`."""
-    if config.schedule == "constant":
-        return 1.0
-    if config.schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * epoch / config.epochs))
-    drops = sum(epoch >= round(m * config.epochs) for m in config.milestones)
-    return config.gamma**drops
 
 
 def train_augment(config: RunConfig, default: Augment) -> Augment:
@@ -64,92 +55,8 @@ def train_augment(config: RunConfig, default: Augment) -> Augment:
     }[config.augment]
 
 
-def make_optimizer(learner: Learner, config: RunConfig, device: torch.device) -> torch.optim.SGD:
-    params = [p for p in learner.parameters() if p.requires_grad]
-    if config.grad_ratio_lr:  # one group per tensor: each gets its own lr every step
-        from .gradratio import per_tensor_param_groups
-
-        params = per_tensor_param_groups(params, config.lr)
-    opt = torch.optim.SGD(
-        params,
-        lr=config.lr,
-        momentum=config.momentum,
-        nesterov=config.nesterov,
-        weight_decay=config.weight_decay,
-        fused=device.type == "cuda",
-    )
-    for group in opt.param_groups:
-        group["base_lr"] = config.lr
-    return opt
-
-
-def carry_optimizer_state(opt: torch.optim.Optimizer, state: dict) -> None:
-    """Load per-parameter state (momentum buffers) but keep this optimizer's hyperparameters."""
-    current = opt.state_dict()
-    n_params = sum(len(g["params"]) for g in current["param_groups"])
-    bad = [k for k in state["state"] if not 0 <= int(k) < n_params]
-    if bad:
-        raise RunDirError(f"optimizer state refers to parameters {bad[:5]} that this learner does not have ({n_params} tensors)")
-    current["state"] = state["state"]
-    opt.load_state_dict(current)
-
-
-def set_lr(opt: torch.optim.Optimizer, factor: float) -> float:
-    """Set the scheduled lr of every group; return it (the value logged as `lr`)."""
-    for group in opt.param_groups:
-        group["lr"] = group["base_lr"] * factor
-    return opt.param_groups[0]["base_lr"] * factor
-
-
-def _gradient_ratio(learner: Learner, opt: torch.optim.Optimizer, config: RunConfig):
-    """The per-tensor gradient-ratio lr scaler when `config.grad_ratio_lr` is on, else None."""
-    if not config.grad_ratio_lr:
-        return None
-    from .gradratio import GradientRatio
-
-    return GradientRatio(opt, learner.last_layer_parameters(), clip=config.grad_ratio_clip)
-
-
 def progress_enabled(config: RunConfig) -> bool:
     return config.progress and os.environ.get("COOPLIB_PROGRESS", "1") != "0"
-
-
-# ---------------------------------------------------------------- evaluation
-
-
-def _topk_correct(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    k = min(5, logits.shape[1])
-    top = logits.topk(k, dim=1).indices
-    hit = top == y[:, None]
-    return hit[:, 0].sum(), hit.any(dim=1).sum()
-
-
-@torch.no_grad()
-def evaluate(model, loader: DeviceLoader, amp_dtype: torch.dtype | None, device: torch.device) -> dict[str, float]:
-    """Top-1, top-5 (percent) and mean cross-entropy of every head over `loader`."""
-    was_training = model.training
-    model.eval()
-    sums: dict[str, torch.Tensor] = {}
-    n = 0
-    amp = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
-    for x, y in loader:
-        with amp:
-            heads = model(x)
-        for h, logits in heads.items():
-            top1, top5 = _topk_correct(logits, y)
-            ce = F.cross_entropy(logits.float(), y, reduction="sum")
-            acc = torch.stack([top1.float(), top5.float(), ce])
-            sums[h] = sums[h] + acc if h in sums else acc
-        n += y.shape[0]
-    model.train(was_training)
-    names = list(sums)
-    values = torch.stack([sums[h] for h in names]).tolist() if names else []  # the one sync
-    out = {}
-    for h, (top1, top5, ce) in zip(names, values):
-        out[f"{h}/top1"] = 100.0 * top1 / n
-        out[f"{h}/top5"] = 100.0 * top5 / n
-        out[f"{h}/loss"] = ce / n
-    return out
 
 
 # ---------------------------------------------------------------- the loop
@@ -204,7 +111,7 @@ def _fit(learner, data, config, run: runs.RunDir, device, ckpt, initial_optimize
     )
     test_loader = DeviceLoader(data.x_test, data.y_test, max(config.batch_size, 256), **common)
     opt = make_optimizer(learner, config, device)
-    ratio = _gradient_ratio(learner, opt, config)
+    ratio = gradient_ratio(learner, opt, config)
     # static shapes: the last partial batch (and evaluation) compile once each, then hit
     # the cache every epoch instead of recompiling
     model = torch.compile(learner, dynamic=False) if config.compile else learner
@@ -247,15 +154,15 @@ def _fit(learner, data, config, run: runs.RunDir, device, ckpt, initial_optimize
                         ratio.update(lr / config.lr)
                     opt.step()
                     # accuracy of the heads before this batch's updates (substep 0 only)
-                    key, vec = _step_terms(total, parts, heads if sub == 0 else None, y)
+                    key, vec = metrics.step_terms(total, parts, heads if sub == 0 else None, y)
                     sums[key] = sums[key] + vec if key in sums else vec
                 n += bs
                 if bar is not None:
                     bar.update(1)
-            train_metrics = _epoch_means(sums, n)  # the epoch's one host sync
+            train_metrics = metrics.epoch_means(sums, n)  # the epoch's one host sync
             train_seconds = time.perf_counter() - t0  # after that sync: device work included
             _stop_if_diverged(run, learner, epoch, train_metrics)
-            test_metrics = {f"test/{k}": v for k, v in evaluate(model, test_loader, amp_dtype, device).items()}
+            test_metrics = {f"test/{k}": v for k, v in metrics.evaluate(model, test_loader, amp_dtype, device).items()}
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             record = {"epoch": epoch + 1, "lr": lr, "seconds": time.perf_counter() - t0, "train_seconds": train_seconds,
@@ -292,31 +199,6 @@ def _fit(learner, data, config, run: runs.RunDir, device, ckpt, initial_optimize
     return RunResult(run.path, run.final(), records)
 
 
-def _step_terms(total, parts: dict, heads: dict | None, y: torch.Tensor) -> tuple[tuple[str, ...], torch.Tensor]:
-    """One step's terms as (names, device vector): batch-summed loss terms, then correct
-    counts of every head; a handful of kernels whatever the number of heads."""
-    bs = y.shape[0]
-    names = ("loss", *parts)
-    vec = torch.stack([total.detach().float(), *(v.detach().float() for v in parts.values())]) * bs
-    if heads:
-        logits = torch.stack([h.detach() for h in heads.values()])  # (heads, N, classes)
-        vec = torch.cat([vec, (logits.argmax(-1) == y).sum(-1).float() * 100.0])
-        names += tuple(f"{h}/top1" for h in heads)
-    return names, vec
-
-
-def _epoch_means(sums: dict[tuple[str, ...], torch.Tensor], n: int) -> dict[str, float]:
-    """`train/<name>` per-sample means of the accumulated terms (top-1 in percent);
-    names that recur across substeps (e.g. `loss`) are summed over them."""
-    keys = list(sums)
-    values = torch.cat([sums[k] for k in keys]).tolist() if keys else []
-    out: dict[str, float] = {}
-    flat = [name for k in keys for name in k]
-    for name, v in zip(flat, values):
-        out[f"train/{name}"] = out.get(f"train/{name}", 0.0) + v / n
-    return out
-
-
 def _weights_bytes(learner: Learner) -> bytes:
     return safetensors_save({k: v.detach().cpu().contiguous() for k, v in learner.state_dict().items()})
 
@@ -351,16 +233,16 @@ def _run_metadata(config: RunConfig, data: ImageData, device: torch.device) -> d
     }
 
 
-def _stop_if_diverged(run: runs.RunDir, learner: Learner, epoch: int, metrics: dict) -> None:
+def _stop_if_diverged(run: runs.RunDir, learner: Learner, epoch: int, train_metrics: dict) -> None:
     """Stop before a non-finite loss, weight or BatchNorm statistic reaches a commit."""
     tensors = [(k, v) for k, v in learner.state_dict().items() if v.is_floating_point()]
     finite = torch.stack([torch.isfinite(v).all() for _, v in tensors]).tolist()  # one sync per epoch
     bad = [k for (k, _), ok in zip(tensors, finite) if not ok]
-    if math.isfinite(metrics["train/loss"]) and not bad:
+    if math.isfinite(train_metrics["train/loss"]) and not bad:
         return
     what = (f"the training loss became non-finite in epoch {epoch + 1} "
-            f"({', '.join(f'{k}={v:.4g}' for k, v in metrics.items() if not k.endswith('top1'))})"
-            if not math.isfinite(metrics["train/loss"]) else
+            f"({', '.join(f'{k}={v:.4g}' for k, v in train_metrics.items() if not k.endswith('top1'))})"
+            if not math.isfinite(train_metrics["train/loss"]) else
             f"{len(bad)} weight/buffer tensor(s) became non-finite in epoch {epoch + 1} (e.g. {', '.join(bad[:3])})")
     done = run.epochs_done
     kept = (f"epoch {done} is kept as the last committed epoch ({run.file_path('checkpoint').name}, "

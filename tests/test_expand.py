@@ -160,7 +160,7 @@ def test_optimizer_state_must_match_the_old_model():
 
 
 def test_one_init_from_expands_the_parent_and_its_momentum():
-    from cooplib.train import carry_optimizer_state
+    from cooplib.optim import carry_optimizer_state
 
     torch.manual_seed(0)
     parent = ONE(MultiBranchResNet("resnet8", 5, branches=3))

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from cooplib import experiment, runs, train
+from cooplib import experiment, metrics, optim, runs
 from cooplib.config import RunConfig
 from cooplib.errors import RunDirError
 
@@ -25,8 +25,8 @@ def test_init_from_loads_weights_and_momentum_strictly(npz_config, tmp_path):
     parent_weights = runs.RunDir(parent.run_dir).weights()
     assert all(torch.equal(v, parent_weights[k]) for k, v in learner.state_dict().items())
     parent_opt = runs.RunDir(parent.run_dir).checkpoint()["optimizer"]
-    opt = train.make_optimizer(learner, child_cfg, torch.device("cpu"))
-    train.carry_optimizer_state(opt, opt_state)
+    opt = optim.make_optimizer(learner, child_cfg, torch.device("cpu"))
+    optim.carry_optimizer_state(opt, opt_state)
     assert opt.param_groups[0]["lr"] == 0.01  # hyperparameters are the child's
     assert all(torch.equal(opt.state_dict()["state"][i]["momentum_buffer"], s["momentum_buffer"]) for i, s in parent_opt["state"].items())
     # a different architecture cannot be initialised from it
@@ -47,5 +47,5 @@ def test_load_learner_reproduces_the_recorded_test_accuracy(npz_config, tmp_path
     from cooplib.data import DeviceLoader
 
     loader = DeviceLoader(data.x_test, data.y_test, 64, device=torch.device("cpu"), mean=data.mean, std=data.std)
-    out = train.evaluate(learner, loader, None, torch.device("cpu"))
+    out = metrics.evaluate(learner, loader, None, torch.device("cpu"))
     assert out["net/top1"] == pytest.approx(res.final["last"]["test/net/top1"])

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from cooplib import losses, runs, train
+from cooplib import losses, metrics, optim, runs, train
 from cooplib.config import RunConfig
 from cooplib.errors import DivergedError, RunDirError
 from cooplib.methods import Baseline
@@ -52,9 +52,9 @@ class SumOfWeights(Learner):
 
 def test_lr_factor_step_and_cosine():
     cfg = RunConfig(epochs=300)
-    assert [train.lr_factor(cfg, e) for e in (0, 149, 150, 224, 225, 299)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+    assert [optim.lr_factor(cfg, e) for e in (0, 149, 150, 224, 225, 299)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
     cos = RunConfig(epochs=10, schedule="cosine")
-    assert train.lr_factor(cos, 0) == 1 and train.lr_factor(cos, 5) == pytest.approx(0.5)
+    assert optim.lr_factor(cos, 0) == 1 and optim.lr_factor(cos, 5) == pytest.approx(0.5)
 
 
 def test_logged_lr_is_the_lr_the_optimizer_applied(tiny_data, tmp_path):
@@ -255,7 +255,7 @@ def test_evaluate_top1_top5_and_loss_by_hand():
     y = torch.randint(0, 8, (30,), generator=g)
     x = torch.zeros(30, 1, 2, 2, dtype=torch.uint8)
     loader = DeviceLoader(x, y, 7, device=torch.device("cpu"), mean=(0.5,), std=(0.5,))
-    out = train.evaluate(FixedLogits(logits), loader, None, torch.device("cpu"))
+    out = metrics.evaluate(FixedLogits(logits), loader, None, torch.device("cpu"))
     rank = (logits > logits.gather(1, y[:, None])).sum(1)  # 0 = predicted first
     assert out["net/top1"] == pytest.approx(100 * (rank == 0).float().mean().item())
     assert out["net/top5"] == pytest.approx(100 * (rank < 5).float().mean().item())
@@ -287,7 +287,7 @@ def test_training_metrics_are_per_sample_means_over_the_epoch(tiny_data, tmp_pat
     learner = FrozenLinear()
     rec = train.fit(learner, tiny_data, cfg, tmp_path / "run").metrics[0]  # 96 images: batches of 40, 40, 16
     loader = DeviceLoader(tiny_data.x_train, tiny_data.y_train, 96, device=torch.device("cpu"), mean=tiny_data.mean, std=tiny_data.std)
-    ref = train.evaluate(learner, loader, None, torch.device("cpu"))
+    ref = metrics.evaluate(learner, loader, None, torch.device("cpu"))
     assert rec["train/net/top1"] == pytest.approx(ref["net/top1"]) and rec["train/flipped/top1"] == pytest.approx(ref["flipped/top1"])
     assert rec["train/ce"] == pytest.approx(ref["net/loss"], rel=1e-5)
     assert rec["train/loss"] == 0.0

@@ -1,0 +1,72 @@
+"""What the loop measures: every head's top-1/top-5 and CE on a split, and the
+per-epoch means of the training terms, accumulated on the device (one host sync per
+epoch, none per step).
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+
+from .data import DeviceLoader
+
+
+def _topk_correct(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    k = min(5, logits.shape[1])
+    top = logits.topk(k, dim=1).indices
+    hit = top == y[:, None]
+    return hit[:, 0].sum(), hit.any(dim=1).sum()
+
+
+@torch.no_grad()
+def evaluate(model, loader: DeviceLoader, amp_dtype: torch.dtype | None, device: torch.device) -> dict[str, float]:
+    """Top-1, top-5 (percent) and mean cross-entropy of every head over `loader`."""
+    was_training = model.training
+    model.eval()
+    sums: dict[str, torch.Tensor] = {}
+    n = 0
+    amp = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
+    for x, y in loader:
+        with amp:
+            heads = model(x)
+        for h, logits in heads.items():
+            top1, top5 = _topk_correct(logits, y)
+            ce = F.cross_entropy(logits.float(), y, reduction="sum")
+            acc = torch.stack([top1.float(), top5.float(), ce])
+            sums[h] = sums[h] + acc if h in sums else acc
+        n += y.shape[0]
+    model.train(was_training)
+    names = list(sums)
+    values = torch.stack([sums[h] for h in names]).tolist() if names else []  # the one sync
+    out = {}
+    for h, (top1, top5, ce) in zip(names, values):
+        out[f"{h}/top1"] = 100.0 * top1 / n
+        out[f"{h}/top5"] = 100.0 * top5 / n
+        out[f"{h}/loss"] = ce / n
+    return out
+
+
+def step_terms(total, parts: dict, heads: dict | None, y: torch.Tensor) -> tuple[tuple[str, ...], torch.Tensor]:
+    """One step's terms as (names, device vector): batch-summed loss terms, then correct
+    counts of every head; a handful of kernels whatever the number of heads."""
+    bs = y.shape[0]
+    names = ("loss", *parts)
+    vec = torch.stack([total.detach().float(), *(v.detach().float() for v in parts.values())]) * bs
+    if heads:
+        logits = torch.stack([h.detach() for h in heads.values()])  # (heads, N, classes)
+        vec = torch.cat([vec, (logits.argmax(-1) == y).sum(-1).float() * 100.0])
+        names += tuple(f"{h}/top1" for h in heads)
+    return names, vec
+
+
+def epoch_means(sums: dict[tuple[str, ...], torch.Tensor], n: int) -> dict[str, float]:
+    """`train/<name>` per-sample means of the accumulated terms (top-1 in percent);
+    names that recur across substeps (e.g. `loss`) are summed over them."""
+    keys = list(sums)
+    values = torch.cat([sums[k] for k in keys]).tolist() if keys else []
+    out: dict[str, float] = {}
+    flat = [name for k in keys for name in k]
+    for name, v in zip(flat, values):
+        out[f"train/{name}"] = out.get(f"train/{name}", 0.0) + v / n
+    return out
