@@ -286,6 +286,26 @@ class RunDir:
         finally:
             os.close(fd)
 
+    def admit(self, config, resume: bool = True) -> None:
+        """Check that `config` may train here: an existing run must hold the same config
+        (cosmetic fields aside), be resumable, and not have diverged."""
+        from .config import differences
+        from .errors import DivergedError
+
+        if not (self.path / CONFIG).exists():
+            return
+        diffs = differences(self.config().semantic(), config.semantic())
+        if diffs:
+            raise RunDirError(
+                f"{self.path} holds a run with a different config ({'; '.join(diffs)}). Nothing was changed there. "
+                f"Use another run directory (experiment.run names one per config) or restore those parameters."
+            )
+        if self.state == "diverged":
+            raise DivergedError(f"{self.path} diverged before ({self.manifest().get('message', '')}); "
+                                f"rerunning the same config diverges again")
+        if not resume:
+            raise RunDirError(f"{self.path} already holds a run; pass resume=True to continue it, or use another directory")
+
     def create(self, meta: dict) -> None:
         write_json(self.path / CONFIG, meta)
 

@@ -24,9 +24,9 @@ import torch
 from safetensors.torch import save as safetensors_save
 
 from . import metrics, runs, runtime
-from .config import RunConfig, differences
+from .config import RunConfig
 from .data import Augment, DeviceLoader, ImageData
-from .errors import DivergedError, RunDirError
+from .errors import DivergedError
 from .methods.base import Learner, TrainState
 from .metrics import evaluate  # noqa: F401  (re-exported for perturb until it imports metrics)
 from .optim import carry_optimizer_state, gradient_ratio, lr_factor, make_optimizer, set_lr
@@ -84,7 +84,7 @@ def fit(
     run = runs.RunDir(run_dir)
     device = runtime.resolve_device(config.device)
     with run.lock():
-        _check_run_dir(run, config, resume)
+        run.admit(config, resume)
         if not (run.path / runs.CONFIG).exists():
             run.create(_run_metadata(config, data, device))
         ckpt = run.recover()
@@ -201,22 +201,6 @@ def _fit(learner, data, config, run: runs.RunDir, device, ckpt, initial_optimize
 
 def _weights_bytes(learner: Learner) -> bytes:
     return safetensors_save({k: v.detach().cpu().contiguous() for k, v in learner.state_dict().items()})
-
-
-def _check_run_dir(run: runs.RunDir, config: RunConfig, resume: bool) -> None:
-    """An existing run directory must hold this config, be resumable, and not have diverged."""
-    if not (run.path / runs.CONFIG).exists():
-        return
-    diffs = differences(run.config().semantic(), config.semantic())
-    if diffs:
-        raise RunDirError(
-            f"{run.path} holds a run with a different config ({'; '.join(diffs)}). Nothing was changed there. "
-            f"Use another run directory (experiment.run names one per config) or restore those parameters."
-        )
-    if run.state == "diverged":
-        raise DivergedError(f"{run.path} diverged before ({run.manifest().get('message', '')}); rerunning the same config diverges again")
-    if not resume:
-        raise RunDirError(f"{run.path} already holds a run; pass resume=True to continue it, or use another directory")
 
 
 def _run_metadata(config: RunConfig, data: ImageData, device: torch.device) -> dict:
