@@ -33,3 +33,7 @@ class RunLockedError(RunDirError):
 
 class DatasetNotFoundError(CooplibError, FileNotFoundError):
     """A dataset's files are missing; the message says what to download and where to put it."""
+
+
+class SweepError(CooplibError):
+    """Some runs of a sweep failed; the others finished and are on disk."""
