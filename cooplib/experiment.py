@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 import torch
 
+from . import cluster as cluster_mod
 from . import data as datasets
 from . import methods, runs
 from .config import RunConfig
-from .errors import RunDirError
+from .errors import RunDirError, SweepError
 from .train import RunResult, fit
 
 
@@ -77,16 +78,72 @@ def _train(config: RunConfig, data: datasets.ImageData, target: Path, resume: bo
     return fit(learner, data, config, target, resume=resume, initial_optimizer_state=opt_state)
 
 
-def run_all(configs: Iterable[RunConfig], out_dir: str | Path | None = None) -> list[Path]:
-    """Run every config (loading each dataset once); return their run directories."""
+def run_all(configs: Iterable[RunConfig], out_dir: str | Path | None = None, *, cluster: Any = None) -> list[Path]:
+    """Run every config; return their run directories (in the order given).
+
+    In this process, one run after another (each dataset loaded once), unless a Dask
+    cluster is named (`cluster`, a profile's `cluster:` or $COOPLIB_CLUSTER; with two or
+    more GPUs, one worker per GPU by default): then one task per run (`cooplib.cluster`).
+    A run that fails does not stop the others; once all are done, `SweepError` lists the
+    failed run directories. Configs that name the same run train once.
+    """
+    configs = list(configs)
+    targets = [runs_root(out_dir) / c.run_name() for c in configs]
+    unique = dict(zip(targets, configs))
+    if cluster_mod.is_serial(cluster):
+        failures = _run_serial(unique)
+    else:
+        failures = _run_on_cluster(unique, cluster)
+    if failures:
+        lines = [f"  {target}: {type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
+                 for target, exc in failures.items()]
+        raise SweepError(f"{len(failures)} of {len(unique)} run(s) failed (the others are complete):\n" + "\n".join(lines))
+    return targets
+
+
+def _run_serial(unique: dict[Path, RunConfig]) -> dict[Path, BaseException]:
     cache: dict[tuple, datasets.ImageData] = {}
-    dirs = []
-    for config in configs:
+    failures = {}
+    for target, config in unique.items():
         key = (config.dataset, config.data_root, config.download, repr(sorted(config.dataset_args.items())), config.train_size, config.test_size)
-        if key not in cache:
-            cache[key] = load_data(config)
-        dirs.append(_train(config, cache[key], runs_root(out_dir) / config.run_name()).run_dir)
-    return dirs
+        try:
+            if key not in cache:
+                cache[key] = load_data(config)
+            _train(config, cache[key], target)
+        except Exception as exc:  # reported with its run directory once the others are done
+            failures[target] = exc
+    return failures
+
+
+def _run_on_cluster(unique: dict[Path, RunConfig], spec: Any) -> dict[Path, BaseException]:
+    from distributed import as_completed
+    from tqdm.auto import tqdm
+
+    with cluster_mod.open_cluster(spec) as client:
+        print(f"[cooplib] {len(unique)} run(s) on {len(client.nthreads())} Dask worker(s); dashboard: {client.dashboard_link}", flush=True)
+        futures: dict[Path, Any] = {}
+        for target, config in unique.items():  # a run initialised from another waits for it
+            parent = futures.get(Path(config.init_from)) if config.init_from else None
+            futures[target] = client.submit(_task, config, str(target), parent, key=f"run-{target.name}", pure=False)
+        owner = {f.key: t for t, f in futures.items()}
+        failures = {}
+        bar = tqdm(total=len(futures), desc="runs", unit="run", disable=os.environ.get("COOPLIB_PROGRESS", "1") == "0")
+        for future in as_completed(list(futures.values())):
+            if future.status == "error":
+                failures[owner[future.key]] = future.exception()
+            bar.update(1)
+            bar.set_postfix(running=len(futures) - bar.n, failed=len(failures))
+        bar.close()
+    return failures
+
+
+def _task(config: RunConfig, target: str, parent: Any = None) -> str:
+    """One run as a Dask task: torch uses the worker's thread count (its cores)."""
+    from distributed import get_worker
+
+    torch.set_num_threads(get_worker().state.nthreads)
+    run(config, run_dir=target)
+    return target
 
 
 def evaluate_initial(config: RunConfig) -> dict[str, float]:
