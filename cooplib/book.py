@@ -174,14 +174,16 @@ def runs_dir_for(profile: dict) -> Path:
 
 
 def execute(profile_name: str, only: list[str] | None = None, runs_dir: str | Path | None = None,
-            progress: bool = False) -> dict[str, str]:
+            progress: bool = False, jobs: int = 1) -> dict[str, str]:
     """Run the profile's notebooks with papermill into book/_executed/.
 
-    Every notebook runs even when an earlier one fails; executed notebooks of another
-    profile are removed first, so the book never mixes profiles. Returns the failures,
-    {notebook: "cell N: Error: message"} (empty when all succeeded).
+    Every notebook runs even when another fails; `jobs` > 1 runs that many notebooks at
+    once (each in its own kernel; the notebooks are independent). Executed notebooks of
+    another profile are removed first, so the book never mixes profiles. A profile's
+    `cluster:` entry (see `cooplib.cluster`) is where the notebooks' sweeps run. Returns
+    the failures, {notebook: "In [n]: Error: message"} (empty when all succeeded).
     """
-    import papermill
+    from concurrent.futures import ThreadPoolExecutor
 
     profile = load_profile(profile_name)
     plan = validate(profile, only)
@@ -189,29 +191,36 @@ def execute(profile_name: str, only: list[str] | None = None, runs_dir: str | Pa
     EXECUTED.mkdir(parents=True, exist_ok=True)
     _remove_other_profiles(profile["name"])
     os.environ["COOPLIB_PROGRESS"] = "1" if progress else "0"
-    failures, timings = {}, {}
-    for nb, params in plan.items():
-        output = EXECUTED / f"{nb}.ipynb"
-        print(f"[cooplib.book] {profile['name']}: executing {nb} -> {_shown(output)}", flush=True)
-        t0 = time.perf_counter()
-        try:
-            papermill.execute_notebook(
-                str(NOTEBOOKS / f"{nb}.ipynb"),
-                str(output),
-                parameters={**params, "profile": profile["name"], "out_dir": str(out_root)},
-                cwd=str(NOTEBOOKS),
-                kernel_name="python3",
-                progress_bar=False,
-            )
-        except papermill.PapermillExecutionError as exc:
-            last = (exc.evalue or "").strip().splitlines()[-1:] or [""]
-            failures[nb] = f"In [{exc.exec_count}]: {exc.ename}: {last[0]}"
-        except Exception as exc:  # the kernel died, a file could not be written, ...
-            failures[nb] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
-        timings[nb] = time.perf_counter() - t0
-        print(f"[cooplib.book] {nb} {'FAILED' if nb in failures else 'done'} in {timings[nb]:.1f} s", flush=True)
-    _write_build_info(profile, out_root, timings)
-    return failures
+    if profile.get("cluster") is not None:
+        import json
+
+        os.environ["COOPLIB_CLUSTER"] = json.dumps(profile["cluster"]) if isinstance(profile["cluster"], dict) else str(profile["cluster"])
+    params = {nb: {**p, "profile": profile["name"], "out_dir": str(out_root)} for nb, p in plan.items()}
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        results = list(pool.map(lambda nb: _execute_one(profile["name"], nb, params[nb]), plan))
+    _write_build_info(profile, out_root, {nb: seconds for nb, _, seconds in results})
+    return {nb: why for nb, why, _ in results if why}
+
+
+def _execute_one(profile: str, nb: str, parameters: dict) -> tuple[str, str | None, float]:
+    """Execute one notebook; return (name, why it failed or None, seconds)."""
+    import papermill
+
+    output = EXECUTED / f"{nb}.ipynb"
+    print(f"[cooplib.book] {profile}: executing {nb} -> {_shown(output)}", flush=True)
+    t0 = time.perf_counter()
+    why = None
+    try:
+        papermill.execute_notebook(str(NOTEBOOKS / f"{nb}.ipynb"), str(output), parameters=parameters,
+                                   cwd=str(NOTEBOOKS), kernel_name="python3", progress_bar=False)
+    except papermill.PapermillExecutionError as exc:
+        last = (exc.evalue or "").strip().splitlines()[-1:] or [""]
+        why = f"In [{exc.exec_count}]: {exc.ename}: {last[0]}"
+    except Exception as exc:  # the kernel died, a file could not be written, ...
+        why = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
+    seconds = time.perf_counter() - t0
+    print(f"[cooplib.book] {nb} {'FAILED' if why else 'done'} in {seconds:.1f} s", flush=True)
+    return nb, why, seconds
 
 
 def _shown(path: Path) -> Path:
@@ -306,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--only", nargs="+", help="notebook names to execute (default: all of the profile)")
         p.add_argument("--runs-dir", help="where run directories go (default: runs/<profile>)")
         p.add_argument("--progress", action="store_true", help="show training progress bars in the executed notebooks")
+        p.add_argument("--jobs", type=int, default=1, help="notebooks executed at once (default 1: one after another)")
     sub.add_parser("build", help="build the HTML book from book/_executed")
     p = sub.add_parser("reference", help="refresh the stored outputs of notebooks/ (nbval reference)")
     p.add_argument("--only", nargs="+")
@@ -314,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd in ("run", "all"):
             t0 = time.perf_counter()
-            failures = execute(args.profile, args.only, args.runs_dir, args.progress)
+            failures = execute(args.profile, args.only, args.runs_dir, args.progress, args.jobs)
             print(summary(args.profile, failures, len(args.only or load_profile(args.profile)["notebooks"])), flush=True)
             if failures:
                 return 1

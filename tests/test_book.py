@@ -82,9 +82,9 @@ def test_a_failing_notebook_does_not_stop_the_batch(tmp_path, monkeypatch, capsy
     nbformat.write(stale, tmp_path / "executed" / "robustness.ipynb")
     path = tmp_path / "broken.yml"
     path.write_text("notebooks:\n  baseline:\n    dataset: nosuch\n  dml:\n    dataset: nosuch2\n")
-    assert book.main(["run", "--profile", str(path), "--runs-dir", str(tmp_path / "runs")]) == 1
+    assert book.main(["run", "--profile", str(path), "--runs-dir", str(tmp_path / "runs"), "--jobs", "2"]) == 1
     out = capsys.readouterr().out
     assert "0 of 2 notebook(s) executed, 2 FAILED" in out
-    assert re.search(r"baseline\s+In \[\d+\]: ValueError: unknown dataset 'nosuch'", out)
-    assert re.search(r"dml\s+In \[\d+\]: ValueError: unknown dataset 'nosuch2'", out)
+    assert re.search(r"baseline\s+In \[\d+\]: SweepError: .*unknown dataset 'nosuch'", out)
+    assert re.search(r"dml\s+In \[\d+\]: SweepError: .*unknown dataset 'nosuch2'", out)
     assert sorted(p.name for p in (tmp_path / "executed").glob("*.ipynb")) == ["baseline.ipynb", "dml.ipynb"]
