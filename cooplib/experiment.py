@@ -120,7 +120,7 @@ def _run_on_cluster(unique: dict[Path, RunConfig], spec: Any) -> dict[Path, Base
     from tqdm.auto import tqdm
 
     with cluster_mod.open_cluster(spec) as client:
-        print(f"[cooplib] {len(unique)} run(s) on {len(client.nthreads())} Dask worker(s); dashboard: {client.dashboard_link}", flush=True)
+        print(f"[cooplib] {len(unique)} run(s) on Dask ({len(client.nthreads())} worker(s) so far); dashboard: {client.dashboard_link}", flush=True)
         futures: dict[Path, Any] = {}
         for target, config in unique.items():  # a run initialised from another waits for it
             parent = futures.get(Path(config.init_from)) if config.init_from else None
@@ -131,8 +131,8 @@ def _run_on_cluster(unique: dict[Path, RunConfig], spec: Any) -> dict[Path, Base
         for future in as_completed(list(futures.values())):
             if future.status == "error":
                 failures[owner[future.key]] = future.exception()
+            bar.set_postfix(failed=len(failures), refresh=False)
             bar.update(1)
-            bar.set_postfix(running=len(futures) - bar.n, failed=len(failures))
         bar.close()
     return failures
 

@@ -106,3 +106,117 @@ def test_a_failing_run_is_reported_and_does_not_stop_the_others(npz_path, tmp_pa
     with pytest.raises(SweepError, match=r"1 of 3 run\(s\) failed.*\n.*" + bad.run_name() + r": DatasetNotFoundError"):
         experiment.run_all([good[0], bad, good[1]], tmp_path / "runs", cluster=where)
     assert all(runs.status(tmp_path / "runs" / c.run_name()) == "complete" for c in good)
+
+
+SLURM_CONF = """ClusterName=cooplibtest
+SlurmctldHost={host}
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+StateSaveLocation={dir}/state
+SlurmdSpoolDir={dir}/spool
+SlurmctldPidFile={dir}/slurmctld.pid
+SlurmdPidFile={dir}/slurmd.pid
+SlurmctldPort={ctld_port}
+SlurmdPort={d_port}
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SchedulerType=sched/builtin
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+ReturnToService=2
+MpiDefault=none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+SlurmctldLogFile={dir}/slurmctld.log
+SlurmdLogFile={dir}/slurmd.log
+NodeName={host} CPUs={cpus} RealMemory={memory} State=UNKNOWN
+PartitionName=test Nodes={host} Default=YES MaxTime=INFINITE State=UP
+"""
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def slurm(tmp_path_factory, monkeypatch):
+    """A real one-node Slurm (slurmctld + slurmd, munge auth) for this test, as root."""
+    import shutil
+    import socket
+    import subprocess
+
+    missing = [b for b in ("slurmctld", "slurmd", "sbatch", "sinfo", "munged", "munge") if not shutil.which(b)
+               and not Path(f"/usr/sbin/{b}").exists()]
+    if missing or os.geteuid() != 0:
+        pytest.skip(f"a local Slurm needs root and Debian's slurm-wlm + munge ({'missing ' + ', '.join(missing) if missing else 'not root'})")
+    if subprocess.run("munge -n | unmunge", shell=True, capture_output=True).returncode != 0:
+        if not Path("/etc/munge/munge.key").exists():
+            subprocess.run(["/usr/sbin/mungekey", "-c"], check=False)
+        Path("/run/munge").mkdir(parents=True, exist_ok=True)
+        shutil.chown("/run/munge", "munge", "munge")
+        subprocess.run(["runuser", "-u", "munge", "--", "/usr/sbin/munged"], capture_output=True)
+        if subprocess.run("munge -n | unmunge", shell=True, capture_output=True).returncode != 0:
+            pytest.skip("munged could not start, so Slurm cannot authenticate")
+    d = tmp_path_factory.mktemp("slurm")
+    (d / "state").mkdir()
+    (d / "spool").mkdir()
+    conf = d / "slurm.conf"
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20 - 2048
+    conf.write_text(SLURM_CONF.format(host=socket.gethostname().split(".")[0], dir=d, ctld_port=_free_port(),
+                                      d_port=_free_port(), cpus=os.cpu_count(), memory=memory))
+    monkeypatch.setenv("SLURM_CONF", str(conf))
+    started = [subprocess.run([f"/usr/sbin/{daemon}", "-f", str(conf)], capture_output=True, text=True)
+               for daemon in ("slurmctld", "slurmd")]
+    try:
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            out = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True).stdout.strip()
+            if out == "idle":
+                break
+            time.sleep(0.5)
+        else:
+            logs = "; ".join(p.stderr.strip() for p in started) + " " + (d / "slurmctld.log").read_text()[-500:]
+            pytest.skip(f"the Slurm daemons did not come up: {logs}")
+        yield d
+    finally:
+        subprocess.run(["scancel", "--user=root"], capture_output=True)
+        for pid_file in ("slurmd.pid", "slurmctld.pid"):
+            if (d / pid_file).exists():
+                try:
+                    os.kill(int((d / pid_file).read_text()), signal.SIGTERM)
+                except (ProcessLookupError, ValueError):
+                    pass
+
+
+@pytest.mark.slow
+def test_a_sweep_runs_on_slurm_through_dask_jobqueue(npz_path, tmp_path, slurm):
+    cfgs = configs(npz_path, epochs=2)[:2]
+    spec = {"slurm": {"cores": 1, "memory": "2GB", "processes": 1, "walltime": "00:10:00", "jobs": 2,
+                      "scheduler_options": {"host": "127.0.0.1", "dashboard_address": ":0"},
+                      "log_directory": str(slurm / "logs")}}
+    dirs = experiment.run_all(cfgs, tmp_path / "runs", cluster=spec)
+    assert [runs.status(d) for d in dirs] == ["complete", "complete"]
+    # the work ran in Slurm jobs: each wrote its log through the batch system
+    assert len(list((slurm / "logs").glob("*.err"))) >= 1
+
+
+def test_jobqueue_job_scripts_for_slurm_and_pbs():
+    """What a cluster receives, as text (the part no local daemon can show for PBS)."""
+    import dask_jobqueue
+
+    slurm = dask_jobqueue.SLURMCluster(cores=8, memory="32GB", walltime="04:00:00", queue="gpu",
+                                       job_extra_directives=["--gres=gpu:1"], scheduler_options={"dashboard_address": ":0"})
+    pbs = dask_jobqueue.PBSCluster(cores=8, memory="32GB", walltime="04:00:00", queue="gpu",
+                                   resource_spec="select=1:ncpus=8:ngpus=1:mem=32GB", scheduler_options={"dashboard_address": ":0"})
+    try:
+        s, p = slurm.job_script(), pbs.job_script()
+    finally:
+        slurm.close()
+        pbs.close()
+    assert "#SBATCH -p gpu" in s and "#SBATCH --gres=gpu:1" in s and "#SBATCH -t 04:00:00" in s and "distributed.cli.dask_worker" in s
+    assert "#PBS -q gpu" in p and "#PBS -l select=1:ncpus=8:ngpus=1:mem=32GB" in p and "#PBS -l walltime=04:00:00" in p
