@@ -24,7 +24,11 @@ AUGMENTS = ("default", "none", "crop", "flip", "crop+flip")
 #: the device names `runtime.resolve_device` accepts
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 #: fields whose value may be None (what None means is in the field's comment)
-OPTIONAL = frozenset({"data_root", "train_size", "test_size", "init_from", "channels_last"})
+OPTIONAL = frozenset({"data_root", "train_size", "test_size", "init_from", "channels_last", "sync_bn"})
+
+#: fields added after run directories were first named, with their defaults: hashed
+#: only when set otherwise, so earlier run directories keep their names
+LATER_DEFAULTS = {"sync_bn": None}
 
 #: fields that do not change what a run computes (ignored when resuming / naming runs)
 COSMETIC = frozenset({"progress", "tensorboard"})
@@ -63,6 +67,7 @@ class RunConfig:
     device: str = "auto"  # auto = cuda if available else cpu
     precision: str = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU
     channels_last: bool | None = None  # None = on for CUDA
+    sync_bn: bool | None = None  # several processes (cooplib.ddp): BN over the global batch; None = on CUDA
     compile: bool = False
     deterministic: bool = False
     progress: bool = True
@@ -82,7 +87,7 @@ class RunConfig:
             default = f.default_factory() if f.default is dataclasses.MISSING else f.default
             if value is None and f.name in OPTIONAL:
                 continue
-            kind = type(default) if default is not None else {"channels_last": bool}.get(f.name, str)
+            kind = type(default) if default is not None else {"channels_last": bool, "sync_bn": bool}.get(f.name, str)
             if f.name in ("train_size", "test_size"):
                 kind = int
             if kind is float:
@@ -153,7 +158,8 @@ class RunConfig:
 
     def digest(self) -> str:
         """Short hash of `semantic()`, used in run directory names."""
-        blob = json.dumps(self.semantic(), sort_keys=True, default=str)
+        named = {k: v for k, v in self.semantic().items() if not (k in LATER_DEFAULTS and v == LATER_DEFAULTS[k])}
+        blob = json.dumps(named, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:8]
 
     def run_name(self) -> str:

@@ -1,6 +1,6 @@
 """What the loop measures: every head's top-1/top-5 and CE on a split, and the
 per-epoch means of the training terms, accumulated on the device (one host sync per
-epoch, none per step).
+epoch, none per step) and summed over ranks when several processes train one run.
 """
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from contextlib import nullcontext
 import torch
 import torch.nn.functional as F
 
+from . import ddp
 from .data import DeviceLoader
 
 
@@ -38,7 +39,11 @@ def evaluate(model, loader: DeviceLoader, amp_dtype: torch.dtype | None, device:
         n += y.shape[0]
     model.train(was_training)
     names = list(sums)
-    values = torch.stack([sums[h] for h in names]).tolist() if names else []  # the one sync
+    if not names:
+        return {}
+    stacked = torch.stack([sums[h] for h in names])
+    summed = ddp.all_sum(torch.cat([stacked.flatten(), stacked.new_tensor([n])])).tolist()  # the one sync
+    n, values = summed[-1], [summed[3 * i : 3 * i + 3] for i in range(len(names))]
     out = {}
     for h, (top1, top5, ce) in zip(names, values):
         out[f"{h}/top1"] = 100.0 * top1 / n
@@ -64,7 +69,11 @@ def epoch_means(sums: dict[tuple[str, ...], torch.Tensor], n: int) -> dict[str, 
     """`train/<name>` per-sample means of the accumulated terms (top-1 in percent);
     names that recur across substeps (e.g. `loss`) are summed over them."""
     keys = list(sums)
-    values = torch.cat([sums[k] for k in keys]).tolist() if keys else []
+    if not keys:
+        return {}
+    vec = torch.cat([sums[k] for k in keys])
+    values = ddp.all_sum(torch.cat([vec, vec.new_tensor([n])])).tolist()  # summed over ranks
+    n, values = values[-1], values[:-1]
     out: dict[str, float] = {}
     flat = [name for k in keys for name in k]
     for name, v in zip(flat, values):

@@ -21,8 +21,10 @@ def resolve_device(name: str) -> torch.device:
     """`auto` (CUDA when present, else CPU), `cpu`, `cuda`, `cuda:N` or `mps`."""
     if not isinstance(name, str) or not DEVICE_PATTERN.match(name):
         raise ConfigError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {name!r}")
+    if name in ("auto", "cuda") and torch.cuda.is_available():  # the current GPU (a torchrun rank's own)
+        return torch.device("cuda", torch.cuda.current_device())
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cpu")
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save as safetensors_save
 
-from . import metrics, runs, runtime
+from . import ddp, metrics, runs, runtime
 from .config import RunConfig
 from .data import Augment, DeviceLoader, ImageData
 from .errors import DivergedError
@@ -83,15 +83,18 @@ def fit(
     """
     run = runs.RunDir(run_dir)
     device = runtime.resolve_device(config.device)
-    with run.lock():
-        run.admit(config, resume)
-        if not (run.path / runs.CONFIG).exists():
-            run.create(_run_metadata(config, data, device))
-        ckpt = run.recover()
+    main = ddp.is_main()  # under torchrun, rank 0 alone locks and writes the run directory
+    with run.lock() if main else nullcontext():
+        if main:
+            run.admit(config, resume)
+            if not (run.path / runs.CONFIG).exists():
+                run.create(_run_metadata(config, data, device))
+            run.recover()
+        ddp.barrier()
         if run.state == "complete":  # nothing is trained
             return RunResult(run.path, run.final(), run.records())
         with runtime.determinism(config.deterministic):
-            return _fit(learner, data, config, run, device, ckpt, initial_optimizer_state)
+            return _fit(learner, data, config, run, device, run.checkpoint(), initial_optimizer_state)
 
 
 def _fit(learner, data, config, run: runs.RunDir, device, ckpt, initial_optimizer_state) -> RunResult:
@@ -109,12 +112,15 @@ def _fit(learner, data, config, run: runs.RunDir, device, ckpt, initial_optimize
         data.x_train, data.y_train, config.batch_size, augment=train_augment(config, data.augment),
         shuffle=True, seed=config.seed, **common,
     )
-    test_loader = DeviceLoader(data.x_test, data.y_test, max(config.batch_size, 256), **common)
+    # with several ranks each evaluates its slice of the test set; the sums are reduced
+    test_loader = DeviceLoader(ddp.shard(data.x_test), ddp.shard(data.y_test), max(config.batch_size, 256), **common)
+    model = ddp.wrap(learner, device, config.sync_bn)
     opt = make_optimizer(learner, config, device)
     ratio = gradient_ratio(learner, opt, config)
     # static shapes: the last partial batch (and evaluation) compile once each, then hit
     # the cache every epoch instead of recompiling
-    model = torch.compile(learner, dynamic=False) if config.compile else learner
+    model = torch.compile(model, dynamic=False) if config.compile else model
+    main = ddp.is_main()
 
     records: list[dict] = []
     best_epoch = 0
@@ -128,9 +134,9 @@ def _fit(learner, data, config, run: runs.RunDir, device, ckpt, initial_optimize
         carry_optimizer_state(opt, initial_optimizer_state)
     start_epoch = len(records)
 
-    writer = _tensorboard(run.path, config, start_epoch)
+    writer = _tensorboard(run.path, config, start_epoch) if main else None
     steps = len(train_loader)
-    bar = _progress_bar(config, steps, start_epoch, run.path)
+    bar = _progress_bar(config, steps, start_epoch, run.path) if main else None
     amp = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
     primary = f"test/{learner.primary_head}/top1"
     t_run = time.perf_counter()
@@ -138,10 +144,11 @@ def _fit(learner, data, config, run: runs.RunDir, device, ckpt, initial_optimize
         for epoch in range(start_epoch, config.epochs):
             t0 = time.perf_counter()
             lr = set_lr(opt, lr_factor(config, epoch))
-            learner.train()
+            model.train()
             sums: dict[tuple[str, ...], torch.Tensor] = {}
             n = 0
             for step, (x, y) in enumerate(train_loader):
+                x, y = ddp.shard(x), ddp.shard(y)  # every rank draws the global batch, trains on its slice
                 bs = y.shape[0]
                 for sub in range(learner.substeps):
                     state = TrainState(epoch, config.epochs, step, steps, sub)
@@ -182,8 +189,9 @@ def _fit(learner, data, config, run: runs.RunDir, device, ckpt, initial_optimize
             ckpt = {"format": runs.CHECKPOINT_FORMAT, "epoch": epoch + 1, "best_epoch": best_epoch, "records": records,
                     "final": final, "model": learner.state_dict(), "optimizer": opt.state_dict(),
                     "loader": train_loader.state_dict(), "rng": runtime.rng_state(device)}
-            run.commit_epoch(epoch=epoch + 1, records=records, checkpoint=runs.torch_bytes(ckpt),
-                             weights=_weights_bytes(learner), best_epoch=best_epoch, final=final)
+            if main:
+                run.commit_epoch(epoch=epoch + 1, records=records, checkpoint=runs.torch_bytes(ckpt),
+                                 weights=_weights_bytes(learner), best_epoch=best_epoch, final=final)
             if writer is not None:
                 for k, v in record.items():
                     if k != "epoch":
@@ -196,7 +204,7 @@ def _fit(learner, data, config, run: runs.RunDir, device, ckpt, initial_optimize
             bar.close()
         if writer is not None:
             writer.close()
-    return RunResult(run.path, run.final(), records)
+    return RunResult(run.path, final, records)
 
 
 def _weights_bytes(learner: Learner) -> bytes:
@@ -232,7 +240,8 @@ def _stop_if_diverged(run: runs.RunDir, learner: Learner, epoch: int, train_metr
     kept = (f"epoch {done} is kept as the last committed epoch ({run.file_path('checkpoint').name}, "
             f"{run.file_path('last').name})" if done else "no epoch had been committed, so no weights are kept")
     msg = f"{what}. {kept} in {run.path}; lower lr, check the loss terms, or use precision='fp32'."
-    run.mark_diverged(msg)
+    if ddp.is_main():
+        run.mark_diverged(msg)
     raise DivergedError(msg)
 
 
