@@ -5,11 +5,8 @@ import pytest
 import torch
 
 
-@pytest.fixture
-def tiny_data():
-    """A 4-class synthetic image set whose class is a bright quadrant (learnable fast)."""
-    from cooplib.data import Augment, ImageData
-
+def quadrants() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """96 train + 40 test 8x8 RGB images of 4 classes: the class is a bright quadrant."""
     g = torch.Generator().manual_seed(0)
 
     def make(n):
@@ -20,8 +17,26 @@ def tiny_data():
             x[y == c, :, 4 * r : 4 * r + 4, 4 * q : 4 * q + 4] += 150
         return x, y
 
-    xtr, ytr = make(96)
-    xte, yte = make(40)
+    return (*make(96), *make(40))
+
+
+@pytest.fixture(scope="session")
+def quadrants_npz(tmp_path_factory):
+    """The same images as an `npz` dataset file (for runs started by name, in subprocesses)."""
+    import numpy as np
+
+    xtr, ytr, xte, yte = quadrants()
+    path = tmp_path_factory.mktemp("data") / "quadrants.npz"
+    np.savez(path, x_train=xtr.numpy(), y_train=ytr.numpy(), x_test=xte.numpy(), y_test=yte.numpy())
+    return path
+
+
+@pytest.fixture
+def tiny_data():
+    """A 4-class synthetic image set whose class is a bright quadrant (learnable fast)."""
+    from cooplib.data import Augment, ImageData
+
+    xtr, ytr, xte, yte = quadrants()
     return ImageData(
         name="quadrants", x_train=xtr, y_train=ytr, x_test=xte, y_test=yte,
         classes=["tl", "tr", "bl", "br"], mean=(0.3, 0.3, 0.3), std=(0.3, 0.3, 0.3),

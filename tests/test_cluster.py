@@ -8,7 +8,6 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -17,21 +16,8 @@ from cooplib.config import RunConfig
 from cooplib.errors import ConfigError, SweepError
 
 
-@pytest.fixture
-def npz_path(tmp_path):
-    g = np.random.default_rng(0)
-    y = np.arange(136) % 4
-    x = g.integers(0, 60, (136, 3, 8, 8)).astype(np.uint8)
-    for c in range(4):
-        r, q = divmod(c, 2)
-        x[y == c, :, 4 * r : 4 * r + 4, 4 * q : 4 * q + 4] += 150
-    path = tmp_path / "quadrants.npz"
-    np.savez(path, x_train=x[:96], y_train=y[:96], x_test=x[96:], y_test=y[96:])
-    return path
-
-
-def configs(npz_path, epochs=3) -> list[RunConfig]:
-    base = RunConfig(dataset="npz", dataset_args={"path": str(npz_path)}, model="resnet8", epochs=epochs, batch_size=32,
+def configs(quadrants_npz, epochs=3) -> list[RunConfig]:
+    base = RunConfig(dataset="npz", dataset_args={"path": str(quadrants_npz)}, model="resnet8", epochs=epochs, batch_size=32,
                      lr=0.05, deterministic=True, device="cpu", progress=False, tensorboard=False)
     return [base.replace(seed=0), base.replace(seed=1), base.replace(method="one", method_args={"branches": 2}),
             base.replace(method="dml", method_args={"peers": 2})]
@@ -68,8 +54,8 @@ def test_cluster_specs_resolve(monkeypatch):
 
 
 @pytest.mark.slow
-def test_local_cluster_sweep_equals_serial_and_survives_a_killed_worker(npz_path, tmp_path):
-    cfgs = configs(npz_path, epochs=6)
+def test_local_cluster_sweep_equals_serial_and_survives_a_killed_worker(quadrants_npz, tmp_path):
+    cfgs = configs(quadrants_npz, epochs=6)
     ref = serial_reference(cfgs, tmp_path / "serial")
     killed = {}
 
@@ -100,8 +86,8 @@ def test_local_cluster_sweep_equals_serial_and_survives_a_killed_worker(npz_path
 
 @pytest.mark.slow
 @pytest.mark.parametrize("where", ["serial", "local:2"])
-def test_a_failing_run_is_reported_and_does_not_stop_the_others(npz_path, tmp_path, where):
-    good = configs(npz_path, epochs=1)[:2]
+def test_a_failing_run_is_reported_and_does_not_stop_the_others(quadrants_npz, tmp_path, where):
+    good = configs(quadrants_npz, epochs=1)[:2]
     bad = good[0].replace(dataset_args={"path": str(tmp_path / "missing.npz")})
     with pytest.raises(SweepError, match=r"1 of 3 run\(s\) failed.*\n.*" + bad.run_name() + r": DatasetNotFoundError"):
         experiment.run_all([good[0], bad, good[1]], tmp_path / "runs", cluster=where)
@@ -194,8 +180,8 @@ def slurm(tmp_path_factory, monkeypatch):
 
 
 @pytest.mark.slow
-def test_a_sweep_runs_on_slurm_through_dask_jobqueue(npz_path, tmp_path, slurm):
-    cfgs = configs(npz_path, epochs=2)[:2]
+def test_a_sweep_runs_on_slurm_through_dask_jobqueue(quadrants_npz, tmp_path, slurm):
+    cfgs = configs(quadrants_npz, epochs=2)[:2]
     spec = {"slurm": {"cores": 1, "memory": "2GB", "processes": 1, "walltime": "00:10:00", "jobs": 2,
                       "scheduler_options": {"host": "127.0.0.1", "dashboard_address": ":0"},
                       "log_directory": str(slurm / "logs")}}

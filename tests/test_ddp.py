@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -44,19 +43,6 @@ experiment.run(RunConfig.from_dict(json.load(open(sys.argv[2]))), run_dir=sys.ar
 """
 
 
-@pytest.fixture
-def npz_path(tmp_path):
-    g = np.random.default_rng(0)
-    y = np.arange(136) % 4
-    x = g.integers(0, 60, (136, 3, 8, 8)).astype(np.uint8)
-    for c in range(4):
-        r, q = divmod(c, 2)
-        x[y == c, :, 4 * r : 4 * r + 4, 4 * q : 4 * q + 4] += 150
-    path = tmp_path / "quadrants.npz"
-    np.savez(path, x_train=x[:96], y_train=y[:96], x_test=x[96:], y_test=y[96:])
-    return path
-
-
 def train(tmp_path: Path, cfg: RunConfig, name: str, nproc: int) -> Path:
     script, config = tmp_path / "train.py", tmp_path / f"{name}.json"
     script.write_text(SCRIPT)
@@ -70,10 +56,10 @@ def train(tmp_path: Path, cfg: RunConfig, name: str, nproc: int) -> Path:
 
 
 @pytest.mark.slow
-def test_two_ranks_compute_the_single_process_run(npz_path, tmp_path):
+def test_two_ranks_compute_the_single_process_run(quadrants_npz, tmp_path):
     """Same global batch and data order, gradients averaged over equal slices: the same
     weights and records up to the order of floating-point sums (tolerance 1e-5)."""
-    cfg = RunConfig(model="lineartest", dataset="npz", dataset_args={"path": str(npz_path)}, epochs=3, batch_size=32,
+    cfg = RunConfig(model="lineartest", dataset="npz", dataset_args={"path": str(quadrants_npz)}, epochs=3, batch_size=32,
                     lr=0.05, deterministic=True, device="cpu", progress=False, tensorboard=False)
     one, two = train(tmp_path, cfg, "single", 1), train(tmp_path, cfg, "ddp", 2)
     a, b = runs.RunDir(one).weights(), runs.RunDir(two).weights()
@@ -90,8 +76,8 @@ def test_two_ranks_compute_the_single_process_run(npz_path, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method,args", [("one", {"branches": 2}), ("dml", {"peers": 2, "update": "sequential"})])
-def test_one_and_dml_train_under_ddp(npz_path, tmp_path, method, args):
-    cfg = RunConfig(method=method, method_args=args, model="resnet8", dataset="npz", dataset_args={"path": str(npz_path)},
+def test_one_and_dml_train_under_ddp(quadrants_npz, tmp_path, method, args):
+    cfg = RunConfig(method=method, method_args=args, model="resnet8", dataset="npz", dataset_args={"path": str(quadrants_npz)},
                     epochs=3, batch_size=32, lr=0.05, deterministic=True, device="cpu", progress=False, tensorboard=False)
     run = runs.RunDir(train(tmp_path, cfg, method, 2))
     records = run.records()

@@ -15,7 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -29,27 +28,8 @@ EPOCHS = 3
 METHODS = {"baseline": {}, "one": {"branches": 2}, "dml": {"peers": 2}}
 
 
-@pytest.fixture(scope="module")
-def npz_path(tmp_path_factory):
-    """96 + 40 images of 4 classes (a bright quadrant), as an npz dataset file."""
-    g = torch.Generator().manual_seed(0)
-
-    def make(n):
-        y = torch.arange(n) % 4
-        x = torch.randint(0, 60, (n, 3, 8, 8), generator=g, dtype=torch.uint8)
-        for c in range(4):
-            r, q = divmod(c, 2)
-            x[y == c, :, 4 * r : 4 * r + 4, 4 * q : 4 * q + 4] += 150
-        return x.numpy(), y.numpy()
-
-    (xtr, ytr), (xte, yte) = make(96), make(40)
-    path = tmp_path_factory.mktemp("data") / "quadrants.npz"
-    np.savez(path, x_train=xtr, y_train=ytr, x_test=xte, y_test=yte)
-    return path
-
-
-def config(npz_path, method="baseline", **kw) -> RunConfig:
-    base = dict(method=method, method_args=METHODS[method], dataset="npz", dataset_args={"path": str(npz_path)},
+def config(quadrants_npz, method="baseline", **kw) -> RunConfig:
+    base = dict(method=method, method_args=METHODS[method], dataset="npz", dataset_args={"path": str(quadrants_npz)},
                 model="resnet8", epochs=EPOCHS, batch_size=32, lr=0.05, deterministic=True, device="cpu",
                 progress=False, tensorboard=False)
     base.update(kw)
@@ -57,10 +37,10 @@ def config(npz_path, method="baseline", **kw) -> RunConfig:
 
 
 @pytest.fixture(scope="module")
-def references(npz_path, tmp_path_factory):
+def references(quadrants_npz, tmp_path_factory):
     """Uninterrupted runs of every method, trained once."""
     root = tmp_path_factory.mktemp("ref")
-    return {m: experiment.run(config(npz_path, m), run_dir=root / m).run_dir for m in METHODS}
+    return {m: experiment.run(config(quadrants_npz, m), run_dir=root / m).run_dir for m in METHODS}
 
 
 def _untimed(records):
@@ -126,8 +106,8 @@ CASES = [("baseline", *k) for k in KILL_POINTS] + [
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method,pattern,epoch,partial", CASES)
-def test_sigkill_at_any_write_of_a_commit_loses_nothing(npz_path, references, tmp_path, method, pattern, epoch, partial):
-    cfg = config(npz_path, method)
+def test_sigkill_at_any_write_of_a_commit_loses_nothing(quadrants_npz, references, tmp_path, method, pattern, epoch, partial):
+    cfg = config(quadrants_npz, method)
     cut = tmp_path / "cut"
     proc = subprocess.run([sys.executable, "-c", KILLER, json.dumps(cfg.to_dict()), str(cut), pattern, str(epoch),
                            "1" if partial else "0"], capture_output=True, text=True, timeout=300)
@@ -140,9 +120,9 @@ def test_sigkill_at_any_write_of_a_commit_loses_nothing(npz_path, references, tm
     assert_same_run(references[method], cut)
 
 
-def _cut_after(npz_path, tmp_path, epoch: int) -> tuple[RunConfig, Path]:
+def _cut_after(quadrants_npz, tmp_path, epoch: int) -> tuple[RunConfig, Path]:
     """Run the baseline in a subprocess killed right after epoch `epoch` is committed."""
-    cfg = config(npz_path)
+    cfg = config(quadrants_npz)
     cut = tmp_path / "cut"
     proc = subprocess.run([sys.executable, "-c", KILLER, json.dumps(cfg.to_dict()), str(cut), "commit.json",
                            str(epoch), "0"], capture_output=True, text=True, timeout=300)
@@ -157,8 +137,8 @@ def _flip_byte(path: Path, offset: int) -> None:
 
 
 @pytest.mark.slow
-def test_damaged_checkpoint_metrics_and_weights_are_detected_and_named(npz_path, references, tmp_path):
-    cfg, cut = _cut_after(npz_path, tmp_path, 2)
+def test_damaged_checkpoint_metrics_and_weights_are_detected_and_named(quadrants_npz, references, tmp_path):
+    cfg, cut = _cut_after(quadrants_npz, tmp_path, 2)
     run = runs.RunDir(cut)
     # one flipped byte in the tensor data of the checkpoint (near its end, past the header)
     ckpt = run.file_path("checkpoint")
@@ -187,17 +167,17 @@ def test_damaged_checkpoint_metrics_and_weights_are_detected_and_named(npz_path,
     assert runs.main(["verify", str(cut)]) == 1
 
 
-def test_damaged_commit_file_names_itself(npz_path, tmp_path):
+def test_damaged_commit_file_names_itself(quadrants_npz, tmp_path):
     run_dir = tmp_path / "run"
-    experiment.run(config(npz_path, epochs=1), run_dir=run_dir)
+    experiment.run(config(quadrants_npz, epochs=1), run_dir=run_dir)
     (run_dir / runs.COMMIT).write_text('{"state": "comp')
     with pytest.raises(RunDirError, match=r"commit.json is not valid JSON"):
         runs.load_runs([run_dir])
 
 
-def test_reset_moves_a_run_aside_so_that_it_retrains(npz_path, tmp_path):
+def test_reset_moves_a_run_aside_so_that_it_retrains(quadrants_npz, tmp_path):
     run_dir = tmp_path / "run"
-    cfg = config(npz_path, epochs=1)
+    cfg = config(quadrants_npz, epochs=1)
     experiment.run(cfg, run_dir=run_dir)
     assert runs.main(["reset", str(run_dir)]) == 0
     assert not run_dir.exists() and len(list(tmp_path.glob("run.damaged-*"))) == 1
@@ -214,25 +194,25 @@ with runs.RunDir(sys.argv[1]).lock():
 """
 
 
-def test_a_run_directory_has_one_trainer_at_a_time(npz_path, tmp_path):
+def test_a_run_directory_has_one_trainer_at_a_time(quadrants_npz, tmp_path):
     run_dir = tmp_path / "run"
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(run_dir)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(RunLockedError, match=rf"is being trained by pid {holder.pid} on "):
-            experiment.run(config(npz_path, epochs=1), run_dir=run_dir)
+            experiment.run(config(quadrants_npz, epochs=1), run_dir=run_dir)
         assert not (run_dir / runs.CONFIG).exists()
     finally:
         holder.kill()  # SIGKILL: the OS releases the lock with the process
         holder.wait()
-    assert experiment.run(config(npz_path, epochs=1), run_dir=run_dir).final["epochs_done"] == 1
+    assert experiment.run(config(quadrants_npz, epochs=1), run_dir=run_dir).final["epochs_done"] == 1
 
 
-def test_a_second_config_in_the_same_directory_is_refused(npz_path, tmp_path):
+def test_a_second_config_in_the_same_directory_is_refused(quadrants_npz, tmp_path):
     run_dir = tmp_path / "run"
-    experiment.run(config(npz_path, epochs=1), run_dir=run_dir)
+    experiment.run(config(quadrants_npz, epochs=1), run_dir=run_dir)
     with pytest.raises(RunDirError, match=rf"{run_dir} holds a run with a different config \(lr: 0.05 -> 0.1\)"):
-        experiment.run(config(npz_path, epochs=1, lr=0.1), run_dir=run_dir)
+        experiment.run(config(quadrants_npz, epochs=1, lr=0.1), run_dir=run_dir)
     with pytest.raises(RunDirError, match=rf"{run_dir / runs.CONFIG}: unknown run parameter 'lrr'"):
         meta = runs.read_json(run_dir / runs.CONFIG)
         meta["config"]["lrr"] = 1
@@ -277,8 +257,8 @@ def test_divergence_is_stopped_before_the_commit_and_the_message_is_true(tiny_da
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
 
 
-def test_orphans_and_uncommitted_files_are_removed_on_resume(npz_path, tmp_path):
-    cfg = config(npz_path)
+def test_orphans_and_uncommitted_files_are_removed_on_resume(quadrants_npz, tmp_path):
+    cfg = config(quadrants_npz)
     run_dir = tmp_path / "run"
     experiment.run(cfg.replace(epochs=1), run_dir=run_dir)  # a different config: copy its epoch into a new dir
     cut = tmp_path / "cut"
@@ -301,9 +281,9 @@ def test_orphans_and_uncommitted_files_are_removed_on_resume(npz_path, tmp_path)
     assert not list(cut.glob(".*.tmp")) and not (cut / "checkpoint-0002.pt").exists()
 
 
-def test_a_run_directory_of_the_older_layout_is_left_alone(npz_path, tmp_path):
+def test_a_run_directory_of_the_older_layout_is_left_alone(quadrants_npz, tmp_path):
     run_dir = tmp_path / "run"
-    cfg = config(npz_path, epochs=1)
+    cfg = config(quadrants_npz, epochs=1)
     run_dir.mkdir()
     runs.write_json(run_dir / runs.CONFIG, {"config": cfg.to_dict()})
     (run_dir / "status.json").write_text('{"state": "complete"}')
