@@ -8,11 +8,9 @@ run: nothing lost, nothing stale, no gap.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
