@@ -44,7 +44,7 @@ class Registry:
             if any(p.kind is p.VAR_KEYWORD for p in inspect.signature(factory).parameters.values()):
                 raise TypeError(f"{self.kind} {name!r}: list the factory's options as keyword-only "
                                 f"parameters (after `*`) instead of **kwargs")
-            for key in (name, *aliases):
+            for key in map(self.normalize, (name, *aliases)):  # found as `get` will look
                 if key in self._factories:
                     raise ValueError(f"{self.kind} {key!r} is already registered")
                 self._factories[key] = factory

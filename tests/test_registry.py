@@ -115,3 +115,14 @@ def test_method_factories_default_as_their_learners():
 
 def _params(fn):
     return inspect.signature(fn).parameters.values()
+
+
+def test_a_name_is_registered_as_lookups_spell_it():
+    @models.MODELS.register("Tiny-Net")
+    def build_tiny(num_classes: int, in_channels: int = 3) -> nn.Module:
+        return nn.Linear(in_channels, num_classes)
+
+    try:
+        assert isinstance(models.build("tiny-net", 10), nn.Linear) and isinstance(models.build("TinyNet", 10), nn.Linear)
+    finally:
+        models.MODELS.unregister("Tiny-Net")
