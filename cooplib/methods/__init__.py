@@ -10,7 +10,9 @@ from ..registry import METHODS
 from .base import Learner, TrainState
 from .baseline import Baseline
 from .dml import DML
+from .kd import Distill  # noqa: F401  (registers student, kd, fitnet, at, ft, rkd, nst, pkt)
 from .one import ONE
+from . import coop_depth, multi_exit, sandwich  # noqa: F401  (cooperative-depth chapter)
 
 register = METHODS.register
 

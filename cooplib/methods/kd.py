@@ -1,0 +1,283 @@
+"""Offline knowledge distillation: a student learns from a frozen teacher run.
+
+One Learner, `Distill`, holds the student network, the teacher and the method's adapters;
+each method is one loss term (`cooplib.losses`) on named features read by forward hooks
+(`cooplib.taps`), so neither network is edited. Registered methods (keyword-only options):
+
+=========  ================================  ===============================================
+name       term (cooplib.losses)             features; published weight beta
+=========  ================================  ===============================================
+student    none (the pure student)           --
+kd         T^2 KL, T = 4 (Hinton et al.)     logits; RepDistiller/mdistiller 0.1 CE + 0.9 KD
+fitnet     hint_mse after a regressor        stage 2 (``layer2``, RepDistiller hint_layer 2); 100
+at         attention_transfer, p = 2         ``layer1..3``, summed; 1000
+ft         factor_transfer (p = 1)           ``layer3`` via paraphraser/translator; 200
+rkd        25 distance + 50 angle            pooled features (``pool``); 1
+nst        nst (poly-kernel MMD)             ``layer1..3``, summed; 50
+pkt        pkt                               pooled features; 30000
+=========  ================================  ===============================================
+
+The weights are those of RepDistiller's README and scripts (HobbitLong/RepDistiller,
+``train_student.py``: loss = gamma CE + alpha KD + beta L_method; KD runs use gamma 0.1,
+alpha 0.9, T 4; every other method gamma 1, alpha 0 and the beta above), which mdistiller
+(megvii-research/mdistiller, ``configs/cifar100/*.yaml``) keeps. Two conventions:
+
+- ``convention="repdistiller"`` (default): gamma CE + alpha KD + beta L as above, no label
+  smoothing.
+- ``convention="seed"``: the public seed experiment this chapter repairs:
+  ``(1 - alpha) CE_ls + alpha * D`` with alpha 0.5 and label smoothing 0.1, where D is
+  T^2 KL for ``kd`` and beta * L_method for the others (our reading: its "distill" term
+  is the method's loss at its published weight).
+
+torchdistill's ``KDLoss`` (torchdistill/losses/mid_level.py) returns
+``alpha * CE + (1 - alpha) * T^2 KL``: its ``alpha`` weights the *hard* loss, the reverse
+of the convention above; ``torchdistill_kd`` below states the mapping.
+
+The teacher: ``teacher=<run dir>`` of a complete run of any method, rebuilt through
+`cooplib.experiment.load_learner` (safetensors, checksummed), its deployed network kept
+frozen: ``requires_grad=False``, eval-mode BatchNorm whatever ``train()`` is called with,
+forward under ``no_grad``, and only in training (evaluation never runs it). Its weights
+are part of the student's state dict (so a student run reloads strictly) but never get a
+gradient, so SGD leaves them untouched. The teacher's test top-1 (its run's last epoch,
+primary head) is recorded in every epoch of the student's run as the constant loss part
+``teacher_test_top1`` (not added to the total), i.e. ``train/teacher_test_top1`` in
+metrics.jsonl and ``last/train/teacher_test_top1`` in `runs.load_runs`.
+
+Adapters (FitNets' regressor, FT's paraphraser and translator) belong to the Learner and
+are trained with it; ``deployable()`` returns the plain student network, so TeCost and
+exported weights never contain them.
+
+FT simplification (documented): RepDistiller pre-trains the paraphraser for 30 epochs
+(``--init_epochs``) before the student starts. Here the first ``warmup_epochs`` (default
+1) of the student's own schedule train the paraphraser (reconstruction MSE of the
+teacher's ``layer3`` map) while the student learns from CE only; afterwards the
+paraphraser is frozen (eval mode, no gradient) and the FT term is on. The paraphraser and
+translator are shallower than RepDistiller's (two conv-BN-LeakyReLU layers each, rate
+k = 0.5).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .. import losses, models
+from ..errors import ConfigError
+from ..registry import METHODS
+from ..taps import Taps
+from .base import Learner, TrainState
+
+CONVENTIONS = ("repdistiller", "seed")
+#: RepDistiller's beta per feature method (train_student.py / README), KD's alpha
+PUBLISHED_WEIGHT = {"kd": 0.9, "fitnet": 100.0, "at": 1000.0, "ft": 200.0, "rkd": 1.0, "nst": 50.0, "pkt": 30000.0}
+#: which named modules each method reads (student and teacher alike)
+TAPS = {"student": (), "kd": (), "fitnet": ("layer2",), "at": ("layer1", "layer2", "layer3"),
+        "ft": ("layer3",), "rkd": ("pool",), "nst": ("layer1", "layer2", "layer3"), "pkt": ("pool",)}
+KINDS = tuple(TAPS)
+
+
+def torchdistill_kd(student: torch.Tensor, teacher: torch.Tensor, y: torch.Tensor, alpha: float,
+                    temperature: float) -> torch.Tensor:
+    """torchdistill's KDLoss, ``alpha * CE + (1 - alpha) * T^2 KL`` (alpha on the hard
+    loss): equal to our ``(1 - a) CE + a KD`` with ``a = 1 - alpha``."""
+    return alpha * losses.cross_entropy(student, y) + (1 - alpha) * losses.kd_kl(student, teacher, temperature)
+
+
+def _conv_bn(cin: int, cout: int, act: nn.Module) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), act)
+
+
+@torch.no_grad()
+def _channels(net: nn.Module, names: tuple[str, ...], in_channels: int) -> dict[str, int]:
+    """Channel count of each tapped output, from one probe forward (eval mode, 16x16)."""
+    was = net.training
+    net.eval()
+    with Taps(net, names) as taps:
+        net(torch.zeros(2, in_channels, 16, 16))
+        shapes = {n: taps[n].shape[1] for n in names}
+    net.train(was)
+    return shapes
+
+
+class Distill(Learner):
+    """Student network + frozen teacher + the method's adapters; head ``net`` (the student)."""
+
+    def __init__(self, kind: str, student: nn.Module, teacher: nn.Module | None = None, *,
+                 in_channels: int = 3, convention: str = "repdistiller", weight: float | None = None,
+                 alpha: float = 0.5, label_smoothing: float | None = None, temperature: float = 4.0,
+                 warmup_epochs: int = 1, teacher_top1: float | None = None) -> None:
+        super().__init__()
+        if kind not in KINDS:
+            raise ConfigError(f"unknown distillation kind {kind!r}; known: {', '.join(KINDS)}")
+        if convention not in CONVENTIONS:
+            raise ConfigError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
+        if (teacher is None) != (kind == "student"):
+            raise ConfigError(f"method {kind!r} " + ("needs teacher=<run dir>" if teacher is None
+                                                      else "(the pure student) takes no teacher"))
+        self.method = kind
+        self.kind = kind
+        self.net = student
+        self.convention = convention
+        self.weight = float(PUBLISHED_WEIGHT.get(kind, 0.0) if weight is None else weight)
+        self.alpha = float(alpha)
+        self.label_smoothing = float((0.1 if convention == "seed" else 0.0) if label_smoothing is None else label_smoothing)
+        self.temperature = float(temperature)
+        self.warmup_epochs = int(warmup_epochs)
+        self.teacher_top1 = teacher_top1
+        self.taps = TAPS[kind]
+        self._student_taps = Taps(self.net, self.taps)
+        self.adapters = nn.ModuleDict()
+        if teacher is not None:
+            for p in teacher.parameters():
+                p.requires_grad_(False)
+            self.teacher = teacher.eval()
+            self._teacher_taps = Taps(self.teacher, self.taps)
+            self._build_adapters(in_channels)
+        self._teacher_out: dict[str, torch.Tensor] = {}
+
+    def _build_adapters(self, in_channels: int) -> None:
+        if self.kind not in ("fitnet", "ft"):
+            return
+        cs = _channels(self.net, self.taps, in_channels)
+        ct = _channels(self.teacher, self.taps, in_channels)
+        if self.kind == "fitnet":  # RepDistiller ConvReg for equal spatial sizes: conv3x3 + BN + ReLU
+            (name,) = self.taps
+            self.adapters["regressor"] = _conv_bn(cs[name], ct[name], nn.ReLU())
+        else:
+            c_s, c_t = cs["layer3"], ct["layer3"]
+            m = max(1, round(c_t * 0.5))  # RepDistiller's paraphraser rate k = 0.5
+            self.adapters["paraphraser"] = nn.Sequential(_conv_bn(c_t, c_t, nn.LeakyReLU(0.1)), _conv_bn(c_t, m, nn.LeakyReLU(0.1)))
+            self.adapters["decoder"] = nn.Sequential(_conv_bn(m, c_t, nn.LeakyReLU(0.1)), nn.Conv2d(c_t, c_t, 3, 1, 1))
+            self.adapters["translator"] = nn.Sequential(_conv_bn(c_s, c_s, nn.LeakyReLU(0.1)), _conv_bn(c_s, m, nn.LeakyReLU(0.1)))
+
+    def train(self, mode: bool = True) -> "Distill":
+        """The teacher stays in eval mode (its BatchNorm statistics are frozen)."""
+        super().train(mode)
+        if getattr(self, "teacher", None) is not None:
+            self.teacher.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits = self.net(x)
+        if self.training and getattr(self, "teacher", None) is not None:
+            with torch.no_grad():
+                t_logits = self.teacher(x)
+            self._teacher_out = {"logits": t_logits.detach(),
+                                 **{n: f.detach() for n, f in self._teacher_taps.features().items()}}
+        return {"net": logits}
+
+    def distill_term(self, logits: torch.Tensor, state: TrainState) -> dict[str, torch.Tensor]:
+        """The method's unweighted term(s) from the student's taps and the stored teacher outputs."""
+        t, s = self._teacher_out, self._student_taps.features()
+        if self.kind == "kd":
+            return {"kd": losses.kd_kl(logits, t["logits"], self.temperature)}
+        if self.kind == "fitnet":
+            return {"fitnet": losses.hint_mse(self.adapters["regressor"](s["layer2"]), t["layer2"])}
+        if self.kind in ("at", "nst"):
+            fn = losses.attention_transfer if self.kind == "at" else losses.nst
+            return {self.kind: sum(fn(s[n], t[n]) for n in self.taps)}
+        if self.kind == "rkd":
+            return {"rkd": losses.rkd(s["pool"], t["pool"])}
+        if self.kind == "pkt":
+            return {"pkt": losses.pkt(s["pool"], t["pool"])}
+        # ft: paraphraser warm-up, then the frozen paraphraser's factor is the target
+        warm = state.epoch < self.warmup_epochs
+        para = self.adapters["paraphraser"]
+        para.train(warm and self.training)
+        dec = self.adapters["decoder"]
+        if warm:
+            factor_t = para(t["layer3"])
+            return {"ft_reconstruction": losses.hint_mse(dec(factor_t), t["layer3"])}
+        with torch.no_grad():
+            factor_t = para(t["layer3"])
+        return {"ft": losses.factor_transfer(self.adapters["translator"](s["layer3"]), factor_t)}
+
+    def loss(self, heads, y, state: TrainState):
+        logits = heads["net"]
+        ce = losses.cross_entropy(logits, y, self.label_smoothing)
+        if self.kind == "student":
+            return ce, {"ce": ce}
+        terms = self.distill_term(logits, state)
+        if "ft_reconstruction" in terms:  # FT warm-up: student CE, paraphraser reconstruction
+            total = ce + terms["ft_reconstruction"]
+        elif self.convention == "seed":
+            total = (1 - self.alpha) * ce + self.alpha * sum(self._weight(k) * v for k, v in terms.items())
+        else:
+            gamma = 0.1 if self.kind == "kd" else 1.0
+            total = gamma * ce + sum(self._weight(k) * v for k, v in terms.items())
+        parts = {"ce": ce, **terms}
+        if self.teacher_top1 is not None:  # a constant record, not part of the total
+            parts["teacher_test_top1"] = torch.tensor(float(self.teacher_top1), device=logits.device)
+        self._teacher_out = {}
+        return total, parts
+
+    def _weight(self, term: str) -> float:
+        """KD under the seed convention is weighted by alpha alone (D = T^2 KL)."""
+        if self.kind == "kd" and self.convention == "seed":
+            return 1.0
+        return self.weight
+
+    def deployable(self) -> nn.Module:
+        return self.net
+
+    @property
+    def primary_head(self) -> str:
+        return "net"
+
+
+def load_teacher(run_dir: str | Path) -> tuple[nn.Module, float]:
+    """The deployed network of a complete run and its last-epoch test top-1 (primary head)."""
+    from .. import experiment, runs  # lazily: experiment imports methods
+
+    run = runs.RunDir(run_dir)
+    if run.state != "complete":
+        raise ConfigError(f"teacher={str(run_dir)!r} is not a complete run (status {run.state!r}); train it first")
+    final = run.final()
+    top1 = final["last"][f"test/{final['primary_head']}/top1"]
+    return experiment.load_learner(run.path, "last").deployable(), float(top1)
+
+
+def _factory(kind: str):
+    def build(model: str, num_classes: int, in_channels: int = 3, *, teacher: str | None = None,
+              convention: str = "repdistiller", weight: float | None = None, alpha: float = 0.5,
+              label_smoothing: float | None = None, temperature: float = 4.0, warmup_epochs: int = 1) -> Distill:
+        student = models.build(model, num_classes, in_channels)
+        net, top1 = load_teacher(teacher) if teacher is not None else (None, None)
+        return Distill(kind, student, net, in_channels=in_channels, convention=convention, weight=weight, alpha=alpha,
+                       label_smoothing=label_smoothing, temperature=temperature, warmup_epochs=warmup_epochs,
+                       teacher_top1=top1)
+    build.__name__ = f"build_{kind}"
+    build.__doc__ = f"Registry factory: a `Distill` Learner of kind {kind!r} (see cooplib.methods.kd)."
+    return build
+
+
+for _kind in KINDS:
+    METHODS.register(_kind)(_factory(_kind))
+
+
+# ---------------------------------------------------------------- teacher assignment
+
+ASSIGNMENTS = ("same", "matched", "all")
+
+
+def assign_teachers(student_seeds, teacher_seeds, mode: str = "same") -> list[tuple[int, int]]:
+    """(student seed, teacher seed) pairs.
+
+    - ``same``: every student seed distils from the first teacher seed (teacher quality
+      held fixed: the student's seed variance is its own);
+    - ``matched``: student seed s from teacher seed s (the seed experiment's design, which
+      confounds teacher quality with student seed);
+    - ``all``: every student seed against every teacher seed (crossed; separates the two).
+    """
+    students, teachers = list(student_seeds), list(teacher_seeds)
+    if mode == "same":
+        return [(s, teachers[0]) for s in students]
+    if mode == "matched":
+        missing = [s for s in students if s not in teachers]
+        if missing:
+            raise ConfigError(f"matched teachers need a teacher for every student seed; missing {missing}")
+        return [(s, s) for s in students]
+    if mode == "all":
+        return [(s, t) for t in teachers for s in students]
+    raise ConfigError(f"teacher assignment must be one of {ASSIGNMENTS}, got {mode!r}")
