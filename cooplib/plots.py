@@ -82,3 +82,33 @@ def perturbation(curves: pd.DataFrame, title: str | None = None, x_label: str = 
     if title:
         fig.suptitle(title)
     return fig
+
+
+def cka_heatmaps(matrices: dict, title: str | None = None, vmin: float = 0.0, vmax: float = 1.0):
+    """One CKA heatmap per entry {name: DataFrame(rows: teacher stages, cols: student stages)}."""
+    import math
+
+    n = len(matrices)
+    cols = min(4, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.9 * rows), constrained_layout=True, squeeze=False)
+    for ax, (name, m) in zip(axes.flat, matrices.items()):
+        sns.heatmap(m.astype(float), ax=ax, vmin=vmin, vmax=vmax, cmap="viridis", annot=True, fmt=".2f", cbar=False,
+                    annot_kws={"size": 7})
+        ax.set(title=name, xlabel="student stage", ylabel="teacher stage")
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def spectra(frame: pd.DataFrame, title: str | None = None, k: int = 20):
+    """PCA explained-variance ratio (log scale) of the first `k` components per network,
+    one panel per stage; `frame` has columns stage, network, component, ratio."""
+    g = sns.relplot(data=frame[frame["component"] <= k], x="component", y="ratio", hue="network", col="stage",
+                    kind="line", height=2.8, aspect=1.0, facet_kws={"sharey": False})
+    g.set(yscale="log")
+    if title:
+        g.figure.suptitle(title, y=1.04)
+    return g.figure

@@ -488,3 +488,58 @@ def flatness_verdicts(curves: pd.DataFrame, order: Sequence[str], rise: float = 
         out.append(decide((a.loc[dirs] - b.loc[dirs]).tolist(), f"{hi} flatter than {lo}{suffix}",
                           unit="train-CE excess area", replicates="directions"))
     return out
+
+
+# ---------------------------------------------------------------- offline KD zoo (cooplib.methods.kd)
+
+#: the constant record of the teacher's test top-1 in a student's run (cooplib.methods.kd)
+TEACHER_TOP1 = "last/train/teacher_test_top1"
+
+
+def kd_table(finals: pd.DataFrame, pure: str = "student", head: str = "net", which: str = "last") -> pd.DataFrame:
+    """Method x dataset: the student's test top-1 mean [95% t-interval] over seeds, its
+    difference to the pure student paired by seed with the verdict, the teacher's top-1
+    (mean over the teachers the seeds distilled from), and training seconds per run.
+    One teacher per student seed is assumed (teacher assignment `same` or `matched`)."""
+    column = f"{which}/test/{head}/top1"
+    rows = []
+    for (dataset, method), g in finals.groupby(["dataset", "method"], sort=False):
+        n, mean, low, high = t_interval(g[column])
+        row = {"dataset": dataset, "method": method, "seeds": n,
+               "student top-1 % [95% CI]": f"{mean:.2f}" + (f" [{low:.2f}, {high:.2f}]" if n > 1 else "")}
+        if method != pure:
+            v = compare(finals[finals["dataset"] == dataset], pure, method, column, by="method",
+                        claim=f"{method} better than the pure student ({dataset})")
+            row.update({"vs pure student [95% CI]": v.interval, "verdict": v.status})
+        else:
+            row.update({"vs pure student [95% CI]": "", "verdict": ""})
+        teacher = g[TEACHER_TOP1].mean() if TEACHER_TOP1 in g and g[TEACHER_TOP1].notna().any() else float("nan")
+        row["teacher top-1 %"] = "" if math.isnan(teacher) else f"{teacher:.2f}"
+        row["train s / run"] = f"{g['seconds'].mean():.1f}"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def kd_verdicts(finals: pd.DataFrame, pure: str = "student", head: str = "net", which: str = "last") -> list[Verdict]:
+    """"<method> better than the pure student" per dataset, paired by seed."""
+    column = f"{which}/test/{head}/top1"
+    return [compare(finals[finals["dataset"] == d], pure, m, column, by="method", claim=f"{m} better than the pure student ({d})")
+            for d in finals["dataset"].unique() for m in finals[finals["dataset"] == d]["method"].unique() if m != pure]
+
+
+def teacher_confound(crossed: pd.DataFrame, head: str = "net", which: str = "last") -> tuple[pd.DataFrame, list[Verdict]]:
+    """Students of every seed against teachers of every seed (`teacher_seed` column):
+    the top-1 matrix (rows student seed, columns teacher seed, plus each teacher's own
+    top-1) and, for each teacher seed after the first, the verdict on "teacher seed t
+    gives better students than teacher seed t0", paired by student seed. A resolved
+    teacher effect is what the `matched` design folds into its "seed variance"."""
+    column = f"{which}/test/{head}/top1"
+    matrix = crossed.pivot_table(index="seed", columns="teacher_seed", values=column)
+    matrix.index.name, matrix.columns.name = "student seed", "teacher seed"
+    teachers = crossed.groupby("teacher_seed")[TEACHER_TOP1].first()
+    matrix.loc["teacher's own top-1"] = teachers
+    t0 = matrix.columns[0]
+    verdicts = [compare(crossed.rename(columns={"teacher_seed": "teacher"}), t0, t, column, by="teacher",
+                        claim=f"teacher seed {t} gives better students than teacher seed {t0}")
+                for t in matrix.columns[1:]]
+    return matrix.round(2), verdicts
