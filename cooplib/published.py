@@ -104,3 +104,32 @@ def dml_table() -> pd.DataFrame:
              "package gain over one net": f"{e.value - alone.value:+.2f} (single runs, no interval)", "source": e.label}
             for k, e in DML_PACKAGE_CIFAR100_TOP1.items() if k != "independent"]
     return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------- offline KD zoo (cooplib.methods.kd)
+
+REPDISTILLER = "RepDistiller README (HobbitLong/RepDistiller), CIFAR-100 table, resnet56 -> resnet20"
+SEED_EXPERIMENT = "the public seed experiment of cooplib issue #11 (teacher ResNet-112 -> student ResNet-56)"
+
+#: RepDistiller README, CIFAR-100 top-1 (%), teacher resnet56 -> student resnet20 (the pure
+#: student "baseline" 69.06); its standard recipe: SGD 0.05, 240 epochs, lr x0.1 at 150/180/210,
+#: batch 64, wd 5e-4; last epoch (book/methods.md). Not the ResNet-112 -> ResNet-56 pair.
+REPDISTILLER_CIFAR100_TOP1 = {
+    k: Published(v, "top-1 %", REPDISTILLER, "as printed, no spread given", "last")
+    for k, v in {"student": 69.06, "kd": 70.66, "fitnet": 69.21, "at": 70.55, "rkd": 69.61, "ft": 69.84,
+                 "nst": 69.60, "crd": 71.16}.items()
+}
+#: The seed experiment's RKD runs, which collapsed (a distance term normalised by a detached
+#: mean and an fp16 loss scaler that underflowed, so the student never updated): the
+#: failures this chapter's RKD must not reproduce, not numbers to match.
+SEED_EXPERIMENT_RKD_TOP1 = {
+    d: Published(v, "top-1 %", SEED_EXPERIMENT, "collapsed runs (failure, not a reference)", "last")
+    for d, v in {"cifar10": 18.13, "cifar100": 1.00}.items()
+}
+
+
+def kd_published_table() -> pd.DataFrame:
+    """RepDistiller's CIFAR-100 rows and the seed experiment's collapsed RKD, each labelled."""
+    rows = {f"RepDistiller {k} (CIFAR-100)": e for k, e in REPDISTILLER_CIFAR100_TOP1.items()}
+    rows.update({f"seed experiment rkd ({d}, collapsed)": e for d, e in SEED_EXPERIMENT_RKD_TOP1.items()})
+    return table(rows)
