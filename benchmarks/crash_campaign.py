@@ -26,7 +26,8 @@ from cooplib import experiment, runs
 from cooplib.config import RunConfig
 
 CHILD = """
-import json, sys
+import json, sys, torch
+torch.set_num_threads(1)  # bit-identical results need one thread (see main)
 from cooplib import experiment
 from cooplib.config import RunConfig
 experiment.run(RunConfig.from_dict(json.loads(sys.argv[1])), run_dir=sys.argv[2])
@@ -77,6 +78,9 @@ def main() -> int:
     ap.add_argument("--window", type=float, nargs=2, default=(2.0, 9.0), help="seconds after start to kill")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(1)  # several threads may reduce in another order from run to run
     rng = random.Random(args.seed)
     root = Path(tempfile.mkdtemp(prefix="crash-campaign-"))
     base = dict(model="resnet8", dataset="digits", train_size=400, test_size=200, epochs=args.epochs, batch_size=64,

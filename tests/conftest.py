@@ -42,3 +42,13 @@ def tiny_data():
         classes=["tl", "tr", "bl", "br"], mean=(0.3, 0.3, 0.3), std=(0.3, 0.3, 0.3),
         augment=Augment(crop_pad=1, flip=False),
     )
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for the test: CPU kernels may reduce in another order from run
+    to run with several threads, so bit-identical comparisons need one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

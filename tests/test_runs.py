@@ -38,7 +38,12 @@ def config(quadrants_npz, method="baseline", **kw) -> RunConfig:
 def references(quadrants_npz, tmp_path_factory):
     """Uninterrupted runs of every method, trained once."""
     root = tmp_path_factory.mktemp("ref")
-    return {m: experiment.run(config(quadrants_npz, m), run_dir=root / m).run_dir for m in METHODS}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # bit-identical comparisons: one thread here and in the killed processes
+    try:
+        return {m: experiment.run(config(quadrants_npz, m), run_dir=root / m).run_dir for m in METHODS}
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _untimed(records):
@@ -61,6 +66,8 @@ def assert_same_run(a: Path, b: Path) -> None:
 KILLER = r"""
 import json, os, signal, sys, tempfile
 from pathlib import Path
+import torch
+torch.set_num_threads(1)
 from fnmatch import fnmatch
 from cooplib import experiment, runs
 from cooplib.config import RunConfig
@@ -104,7 +111,8 @@ CASES = [("baseline", *k) for k in KILL_POINTS] + [
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method,pattern,epoch,partial", CASES)
-def test_sigkill_at_any_write_of_a_commit_loses_nothing(quadrants_npz, references, tmp_path, method, pattern, epoch, partial):
+def test_sigkill_at_any_write_of_a_commit_loses_nothing(quadrants_npz, references, tmp_path, one_thread, method, pattern,
+                                                        epoch, partial):
     cfg = config(quadrants_npz, method)
     cut = tmp_path / "cut"
     proc = subprocess.run([sys.executable, "-c", KILLER, json.dumps(cfg.to_dict()), str(cut), pattern, str(epoch),
@@ -135,7 +143,7 @@ def _flip_byte(path: Path, offset: int) -> None:
 
 
 @pytest.mark.slow
-def test_damaged_checkpoint_metrics_and_weights_are_detected_and_named(quadrants_npz, references, tmp_path):
+def test_damaged_checkpoint_metrics_and_weights_are_detected_and_named(quadrants_npz, references, tmp_path, one_thread):
     cfg, cut = _cut_after(quadrants_npz, tmp_path, 2)
     run = runs.RunDir(cut)
     # one flipped byte in the tensor data of the checkpoint (near its end, past the header)

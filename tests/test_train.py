@@ -89,7 +89,7 @@ class Interrupting(Baseline):
         return super().loss(heads, y, state)
 
 
-def test_interrupted_then_resumed_equals_uninterrupted(tiny_data, tmp_path):
+def test_interrupted_then_resumed_equals_uninterrupted(tiny_data, tmp_path, one_thread):
     cfg = small_config(epochs=4)
     ref = train.fit(baseline(tiny_data), tiny_data, cfg, tmp_path / "ref")
 
@@ -108,6 +108,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(tiny_data, tmp_path):
 
 KILLED_RUN = """
 import sys, torch
+torch.set_num_threads(1)
 from cooplib import experiment
 from cooplib.config import RunConfig
 cfg = RunConfig.from_dict(__import__('json').loads(sys.argv[1]))
@@ -116,7 +117,7 @@ experiment.run(cfg, run_dir=sys.argv[2])
 
 
 @pytest.mark.slow
-def test_run_killed_with_sigkill_resumes_to_the_same_result(tmp_path):
+def test_run_killed_with_sigkill_resumes_to_the_same_result(tmp_path, one_thread):
     cfg = RunConfig(model="resnet8", dataset="digits", epochs=8, batch_size=64, lr=0.05, deterministic=True, **QUIET)
     from cooplib import experiment
 
