@@ -33,7 +33,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from cooplib import methods, train
+from cooplib import methods, runtime, train
 from cooplib.config import RunConfig
 from cooplib.data import Augment, ImageData
 
@@ -130,7 +130,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/<date>-<device>.json)")
     args = ap.parse_args(argv)
 
-    device = train.resolve_device(args.device)
+    device = runtime.resolve_device(args.device)
     cuda = device.type == "cuda"
     model = args.model or ("resnet8" if args.quick else "resnet32")
     images = args.images or (256 if args.quick else 50_000 if cuda else 2_048)

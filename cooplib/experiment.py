@@ -154,7 +154,7 @@ def evaluate_initial(config: RunConfig) -> dict[str, float]:
     """
     from .data import DeviceLoader
     from .runtime import autocast_dtype, resolve_device
-    from .train import evaluate
+    from .metrics import evaluate
 
     data = load_data(config)
     learner, _ = build_learner(config, data)

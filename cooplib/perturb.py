@@ -168,7 +168,7 @@ def _check_loader(loader: Iterable, what: str) -> None:
 
 def _metrics(model: nn.Module, train: Iterable, test: Iterable, device: torch.device,
              amp_dtype: torch.dtype | None) -> dict[str, float]:
-    from .train import evaluate  # late: train imports the methods package
+    from .metrics import evaluate
 
     tr = evaluate(model, train, amp_dtype, device)
     te = evaluate(model, test, amp_dtype, device)
@@ -360,7 +360,7 @@ def curves_for_runs(
     """
     from . import experiment, runs
     from .config import RunConfig
-    from .train import resolve_device
+    from .runtime import resolve_device
 
     dev = resolve_device(device)
     frames = []

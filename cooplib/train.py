@@ -28,9 +28,7 @@ from .config import RunConfig
 from .data import Augment, DeviceLoader, ImageData
 from .errors import DivergedError
 from .methods.base import Learner, TrainState
-from .metrics import evaluate  # noqa: F401  (re-exported for perturb until it imports metrics)
 from .optim import carry_optimizer_state, gradient_ratio, lr_factor, make_optimizer, set_lr
-from .runtime import resolve_device  # noqa: F401  (re-exported: callers pick the device as fit does)
 
 
 @dataclass

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cooplib import perturb, train
+from cooplib import metrics, perturb
 from cooplib.models import build
 
 
@@ -89,8 +89,8 @@ def test_zero_distance_is_the_unperturbed_model_and_curves_are_reproducible(net,
     df = perturb.perturbation_curves(net, train_loader, test_loader, seed=0, **kw)
     assert list(df.columns) == ["direction", "distance", "train_ce", "train_error", "test_ce", "test_error"]
     assert len(df) == 6
-    tr = train.evaluate(AsHeads(net), train_loader, None, torch.device("cpu"))
-    te = train.evaluate(AsHeads(net), test_loader, None, torch.device("cpu"))
+    tr = metrics.evaluate(AsHeads(net), train_loader, None, torch.device("cpu"))
+    te = metrics.evaluate(AsHeads(net), test_loader, None, torch.device("cpu"))
     zero = df[df.distance == 0]
     assert (zero.train_ce == tr["net/loss"]).all() and (zero.test_error == 100 - te["net/top1"]).all()
     far = df[df.distance == 4.0]
