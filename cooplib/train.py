@@ -25,7 +25,7 @@ from safetensors.torch import save as safetensors_save
 
 from . import ddp, metrics, runs, runtime
 from .config import RunConfig
-from .data import Augment, DeviceLoader, ImageData
+from .data import DeviceLoader, ImageData
 from .errors import DivergedError
 from .methods.base import Learner, TrainState
 from .optim import carry_optimizer_state, gradient_ratio, lr_factor, make_optimizer, set_lr
@@ -39,18 +39,6 @@ class RunResult:
 
 
 # ---------------------------------------------------------------- settings
-
-
-def train_augment(config: RunConfig, default: Augment) -> Augment:
-    """The augmentation named by `config.augment`, relative to the dataset's default."""
-    pad = default.crop_pad or 4
-    return {
-        "default": default,
-        "none": Augment.none(),
-        "crop": Augment(crop_pad=pad, flip=False),
-        "flip": Augment(crop_pad=0, flip=True),
-        "crop+flip": Augment(crop_pad=pad, flip=True),
-    }[config.augment]
 
 
 def progress_enabled(config: RunConfig) -> bool:
@@ -107,7 +95,7 @@ def _fit(learner, data, config, run: runs.RunDir, device, ckpt, initial_optimize
 
     common = dict(device=device, mean=data.mean, std=data.std, channels_last=channels_last)
     train_loader = DeviceLoader(
-        data.x_train, data.y_train, config.batch_size, augment=train_augment(config, data.augment),
+        data.x_train, data.y_train, config.batch_size, augment=data.augment.named(config.augment),
         shuffle=True, seed=config.seed, **common,
     )
     # with several ranks each evaluates its slice of the test set; the sums are reduced

@@ -512,3 +512,13 @@ def test_imagedata_validates():
         ImageData("bad", torch.zeros(2, 1, 4, 4, dtype=torch.uint8), torch.tensor([0, 3]),
                   torch.zeros(1, 1, 4, 4, dtype=torch.uint8), torch.tensor([0]),
                   ["a", "b"], (0.0,), (1.0,))
+
+
+def test_augment_by_name_is_relative_to_the_dataset_default():
+    from cooplib.data import Augment
+
+    cifar, svhn = Augment(crop_pad=4, flip=True), Augment.none()
+    assert cifar.named("default") is cifar and svhn.named("default") is svhn
+    assert cifar.named("crop") == Augment(crop_pad=4, flip=False) and svhn.named("crop") == Augment(crop_pad=4, flip=False)
+    assert Augment(crop_pad=2, flip=False).named("crop+flip") == Augment(crop_pad=2, flip=True)
+    assert not cifar.named("none").active and cifar.named("flip") == Augment(crop_pad=0, flip=True)

@@ -35,6 +35,18 @@ class Augment:
     def active(self) -> bool:
         return self.crop_pad > 0 or self.flip
 
+    def named(self, name: str) -> "Augment":
+        """The augmentation a run asks for by name (`RunConfig.augment`), relative to this
+        one, the dataset's paper default: default, none, crop, flip, crop+flip."""
+        pad = self.crop_pad or 4
+        return {
+            "default": self,
+            "none": Augment.none(),
+            "crop": Augment(crop_pad=pad, flip=False),
+            "flip": Augment(crop_pad=0, flip=True),
+            "crop+flip": Augment(crop_pad=pad, flip=True),
+        }[name]
+
 
 @dataclass
 class ImageData:
