@@ -139,6 +139,14 @@ class RunConfig:
             raise ConfigError(f"unknown run parameter {unknown[0]!r}{suggest(unknown[0], known)}; known: {', '.join(sorted(known))}")
         return cls(**d)
 
+    @classmethod
+    def from_namespace(cls, namespace: dict[str, Any], **overrides: Any) -> "RunConfig":
+        """A config from a notebook's parameters: every variable named like a field (e.g.
+        `globals()` after the parameters cell), then `overrides`. One call instead of
+        spelling out each parameter."""
+        names = {f.name for f in fields(cls)}
+        return cls.from_dict({**{k: v for k, v in namespace.items() if k in names}, **overrides})
+
     def replace(self, **changes: Any) -> "RunConfig":
         known = {f.name for f in fields(self)}
         for k in changes:

@@ -446,9 +446,11 @@ def _flat(prefix: str, d: dict) -> dict:
 
 def _entries(root) -> list[tuple[str | None, Path]]:
     """(label, run_dir) pairs: labels from a {label: run_dir} mapping (one run may carry
-    several labels, e.g. the full ONE also being the 3-branch point of a sweep), else None."""
+    several labels, e.g. the full ONE also being the 3-branch point of a sweep), else None.
+    A key may be a tuple such as (label, seed), to repeat a label across seeds: its first
+    element is the label (the seed is read from the run's config)."""
     if isinstance(root, Mapping):
-        return [(str(label), Path(p)) for label, p in root.items()]
+        return [(str(label[0] if isinstance(label, tuple) else label), Path(p)) for label, p in root.items()]
     return [(None, p) for p in find_runs(root)]
 
 
@@ -456,7 +458,7 @@ def load_runs(root) -> pd.DataFrame:
     """One row per run: its config (plain columns), status, cost, last/best metrics.
 
     `root`: a folder searched recursively, a list of run directories, or a mapping
-    {label: run_dir} (the label becomes a `label` column). Metric columns are prefixed
+    {label: run_dir} or {(label, seed): run_dir} (the label becomes a `label` column). Metric columns are prefixed
     `last/` and `best/`, e.g. `last/test/net/top1`; `deployed` names the head of the
     network deployed at test time. A damaged record is an error naming its file.
     """

@@ -78,3 +78,12 @@ def test_constant_images_are_refused_before_training(tmp_path):
     np.savez(path, x_train=zeros, y_train=np.arange(8) % 2, x_test=zeros, y_test=np.arange(8) % 2)
     with pytest.raises(ValueError, match=r"constant in channel\(s\) \[0, 1, 2\] \(std 0\)"):
         data.load("npz", path=str(path))
+
+
+def test_a_config_from_a_notebooks_parameters():
+    namespace = {"dataset": "digits", "epochs": 3, "lr": 0.05, "seeds": [0, 1], "profile": "smoke", "out_dir": None}
+    cfg = RunConfig.from_namespace(namespace, method="one", method_args={"branches": 2})
+    assert (cfg.dataset, cfg.epochs, cfg.lr, cfg.method, cfg.method_args) == ("digits", 3, 0.05, "one", {"branches": 2})
+    assert cfg.model == RunConfig().model  # not in the namespace: the default
+    with pytest.raises(ConfigError, match="epochs must be an integer"):
+        RunConfig.from_namespace({"epochs": "3"})

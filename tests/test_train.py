@@ -292,3 +292,12 @@ def test_training_metrics_are_per_sample_means_over_the_epoch(tiny_data, tmp_pat
     assert rec["train/net/top1"] == pytest.approx(ref["net/top1"]) and rec["train/flipped/top1"] == pytest.approx(ref["flipped/top1"])
     assert rec["train/ce"] == pytest.approx(ref["net/loss"], rel=1e-5)
     assert rec["train/loss"] == 0.0
+
+
+def test_labels_repeat_across_seeds_without_string_encoding(tiny_data, tmp_path):
+    a = train.fit(baseline(tiny_data), tiny_data, small_config(epochs=1), tmp_path / "a").run_dir
+    b = train.fit(baseline(tiny_data, 1), tiny_data, small_config(epochs=1, seed=1), tmp_path / "b").run_dir
+    frame = runs.load_runs({("base", 0): a, ("base", 1): b})
+    assert list(frame["label"]) == ["base", "base"] and list(frame["seed"]) == [0, 1]
+    assert list(frame["deployed"]) == ["net", "net"]
+    assert set(runs.load_metrics({("base", 0): a, ("base", 1): b})["label"]) == {"base"}
