@@ -60,10 +60,10 @@ def test_loss_matches_hand_computation():
     ce_b = sum(hand_ce(heads[f"branch{i}"], y) for i in range(3))
     ce_t = hand_ce(heads["ensemble"], y)
     kl = sum(hand_kl(heads[f"branch{i}"], heads["ensemble"], 3.0) for i in range(3))
-    assert set(parts) == {"ce_branches", "ce_teacher", "kl"}
-    assert float(parts["ce_branches"]) == pytest.approx(ce_b, rel=1e-5)
-    assert float(parts["ce_teacher"]) == pytest.approx(ce_t, rel=1e-5)
-    assert float(parts["kl"]) == pytest.approx(kl, rel=1e-5)
+    assert set(parts) == {"ce/branches", "ce/ensemble", "kl/branches"}
+    assert float(parts["ce/branches"]) == pytest.approx(ce_b, rel=1e-5)
+    assert float(parts["ce/ensemble"]) == pytest.approx(ce_t, rel=1e-5)
+    assert float(parts["kl/branches"]) == pytest.approx(kl, rel=1e-5)
     assert kl > 0.1  # the KL term is not trivially zero for these logits
     assert float(total) == pytest.approx(ce_b + ce_t + kl, rel=1e-5)
 
@@ -73,7 +73,7 @@ def test_temperature_enters_as_T_squared_times_kl_of_softened():
     for t in (1.0, 4.0):
         _, parts = tiny_one(temperature=t).loss(heads, y, state())
         want = sum(hand_kl(heads[f"branch{i}"], heads["ensemble"], t) for i in range(3))
-        assert float(parts["kl"]) == pytest.approx(want, rel=1e-5)
+        assert float(parts["kl/branches"]) == pytest.approx(want, rel=1e-5)
 
 
 def test_ablations_change_exactly_their_terms():
@@ -81,17 +81,17 @@ def test_ablations_change_exactly_their_terms():
     _, full = tiny_one().loss(heads, y, state())
 
     total, nodist = tiny_one(distill=False).loss(heads, y, state())
-    assert set(nodist) == {"ce_branches", "ce_teacher"}
-    assert torch.equal(nodist["ce_branches"], full["ce_branches"])
-    assert torch.equal(nodist["ce_teacher"], full["ce_teacher"])
-    assert float(total) == pytest.approx(float(full["ce_branches"] + full["ce_teacher"]))
+    assert set(nodist) == {"ce/branches", "ce/ensemble"}
+    assert torch.equal(nodist["ce/branches"], full["ce/branches"])
+    assert torch.equal(nodist["ce/ensemble"], full["ce/ensemble"])
+    assert float(total) == pytest.approx(float(full["ce/branches"] + full["ce/ensemble"]))
 
     total, avg = tiny_one(teacher="average").loss(heads, y, state())
-    assert torch.equal(avg["ce_branches"], full["ce_branches"])
-    assert float(avg["ce_teacher"]) == pytest.approx(hand_ce(heads["average"], y), rel=1e-5)
-    assert float(avg["ce_teacher"]) != pytest.approx(float(full["ce_teacher"]))
+    assert torch.equal(avg["ce/branches"], full["ce/branches"])
+    assert float(avg["ce/average"]) == pytest.approx(hand_ce(heads["average"], y), rel=1e-5)
+    assert float(avg["ce/average"]) != pytest.approx(float(full["ce/ensemble"]))
     kl_avg = sum(hand_kl(heads[f"branch{i}"], heads["average"], 3.0) for i in range(3))
-    assert float(avg["kl"]) == pytest.approx(kl_avg, rel=1e-5)
+    assert float(avg["kl/branches"]) == pytest.approx(kl_avg, rel=1e-5)
 
 
 def test_kl_ramp():
@@ -100,8 +100,8 @@ def test_kl_ramp():
     lrn = tiny_one(ramp_epochs=80)
     for epoch, w in [(0, math.exp(-5)), (40, math.exp(-5 * 0.25)), (79, math.exp(-5 / 80**2)), (80, 1.0), (200, 1.0)]:
         _, parts = lrn.loss(heads, y, state(epoch))
-        assert float(parts["kl"]) == pytest.approx(w * float(plain["kl"]), rel=1e-6)
-        assert torch.equal(parts["ce_branches"], plain["ce_branches"])
+        assert float(parts["kl/branches"]) == pytest.approx(w * float(plain["kl/branches"]), rel=1e-6)
+        assert torch.equal(parts["ce/branches"], plain["ce/branches"])
     assert sigmoid_ramp(5, 0) == 1.0
 
 
@@ -194,7 +194,7 @@ def test_one_branch_works():
     heads = lrn(x)
     torch.testing.assert_close(heads["ensemble"], heads["branch0"])
     total, parts = lrn.loss(heads, y, state())
-    assert float(parts["kl"].detach()) == pytest.approx(0.0, abs=1e-6)
+    assert float(parts["kl/branches"].detach()) == pytest.approx(0.0, abs=1e-6)
     total.backward()
 
 
@@ -225,7 +225,7 @@ def test_kl_does_not_train_the_teacher():
     lrn = tiny_one()
     x, y = torch.randn(8, *SMALL), torch.randint(0, 5, (8,))
     _, parts = lrn.loss(lrn(x), y, state())
-    parts["kl"].backward()
+    parts["kl/branches"].backward()
     assert all(g is None or not g.any() for g in _gate_grads(lrn))
     assert lrn.net.branches[1].fc.weight.grad.abs().sum() > 0  # branches do learn from it
     # control: a KL without detaching the teacher would reach the gate
@@ -240,5 +240,5 @@ def test_teacher_ce_trains_the_gate():
     lrn = tiny_one()
     x, y = torch.randn(8, *SMALL), torch.randint(0, 5, (8,))
     _, parts = lrn.loss(lrn(x), y, state())
-    parts["ce_teacher"].backward()
+    parts["ce/ensemble"].backward()
     assert lrn.net.gate_fc.weight.grad.abs().sum() > 0

@@ -216,7 +216,7 @@ def test_run_directory_records(tiny_data, tmp_path):
     meta = runs.read_json(run_dir / runs.CONFIG)
     assert meta["config"] == cfg.to_dict() and meta["versions"]["torch"] == torch.__version__
     rec = res.metrics[-1]
-    for key in ("epoch", "lr", "seconds", "train_seconds", "train/loss", "train/ce", "train/net/top1", "test/net/top1", "test/net/top5", "test/net/loss"):
+    for key in ("epoch", "lr", "seconds", "train_seconds", "train/loss", "train/ce/net", "train/net/top1", "test/net/top1", "test/net/top5", "test/net/loss"):
         assert key in rec
     assert rec["test/net/top5"] >= rec["test/net/top1"]
     assert res.final["best"]["test/net/top1"] == max(r["test/net/top1"] for r in res.metrics)

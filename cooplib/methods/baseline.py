@@ -24,7 +24,7 @@ class Baseline(Learner):
 
     def loss(self, heads, y, state: TrainState):
         ce = losses.cross_entropy(heads["net"], y, self.label_smoothing)
-        return ce, {"ce": ce}
+        return ce, {"ce/net": ce}
 
     def deployable(self) -> nn.Module:
         return self.net

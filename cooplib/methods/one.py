@@ -60,8 +60,9 @@ class ONE(Learner):
 
     Heads: ``branch0..branch{m-1}``, ``ensemble`` (ONE-E) and ``average``. The deployed
     network is branch 0 with the shared layers (``primary_head = "branch0"``).
-    Loss parts: ``ce_branches`` (sum over branches), ``ce_teacher`` and, when
-    distilling, ``kl`` (sum over branches, already multiplied by T^2 and the ramp).
+    Loss parts (named `term/head`, as every method's): ``ce/branches`` (sum over
+    branches), ``ce/ensemble`` (``ce/average`` with the average teacher) and, when
+    distilling, ``kl/branches`` (sum over branches, already multiplied by T^2 and the ramp).
     """
 
     method = "one"
@@ -126,13 +127,13 @@ class ONE(Learner):
         z_t = heads[self.teacher_head]
         ce_branches = sum(losses.cross_entropy(heads[h], y) for h in self.branch_heads)
         ce_teacher = losses.cross_entropy(z_t, y)
-        parts = {"ce_branches": ce_branches, "ce_teacher": ce_teacher}
+        parts = {"ce/branches": ce_branches, f"ce/{self.teacher_head}": ce_teacher}
         total = ce_branches + ce_teacher
         if self.distill:
             target = z_t.detach()
             kl = sum(losses.kd_kl(heads[h], target, self.temperature) for h in self.branch_heads)
             kl = kl * self.kl_weight(state)
-            parts["kl"] = kl
+            parts["kl/branches"] = kl
             total = total + kl
         return total, parts
 
