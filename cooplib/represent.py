@@ -140,3 +140,27 @@ def stage_summary(features: dict, y) -> pd.DataFrame:
                      "PC1 share": float(ratio[0]), "Fisher ratio": fisher_ratio(f, y),
                      "probe top-1 %": linear_probe_accuracy(f, y)})
     return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------- features of trained runs
+
+def evaluation_set(config, limit: int | None = None):
+    """The fixed evaluation set of a run's config: its test images, normalised as the
+    training loop does (``(x/255 - mean)/std``), and labels; the first `limit` if given."""
+    from .data import DeviceLoader
+    from .experiment import load_data
+
+    data = load_data(config)
+    x, y = data.x_test[:limit], data.y_test[:limit]
+    loader = DeviceLoader(x, y, 256, device="cpu", mean=data.mean, std=data.std)
+    return loader.normalize(x), y.numpy()
+
+
+def run_features(run_dir, x: torch.Tensor, stages=("layer1", "layer2", "layer3", "pool")) -> dict:
+    """Features of a run's deployed network (last-epoch weights) at the named stages,
+    read by forward hooks (`cooplib.taps.collect`), as (N, features) numpy arrays."""
+    from .experiment import load_learner
+    from .taps import collect
+
+    net = load_learner(run_dir, "last").deployable()
+    return {k: v.numpy() for k, v in collect(net, x, stages).items()}

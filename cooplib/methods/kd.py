@@ -59,6 +59,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import torch
 from torch import nn
 
@@ -281,3 +282,44 @@ def assign_teachers(student_seeds, teacher_seeds, mode: str = "same") -> list[tu
     if mode == "all":
         return [(s, t) for t in teachers for s in students]
     raise ConfigError(f"teacher assignment must be one of {ASSIGNMENTS}, got {mode!r}")
+
+
+# ---------------------------------------------------------------- the zoo's runs (for the notebooks)
+
+def run_zoo(base, *, teacher_model: str, student_model: str, methods, seeds, teacher_seeds, assignment: str = "same",
+            options: dict | None = None, teacher_options: dict | None = None, teacher_epochs: int | None = None,
+            out_dir=None):
+    """Train (or reuse: complete runs with the same config are not retrained) the teachers
+    (``baseline`` runs of `teacher_model`, one per teacher seed) and the students of every
+    method (`student_model`, seeds paired with teachers by `assign_teachers`), all from the
+    RunConfig `base` (teachers with `teacher_epochs` when given). Returns (finals, teacher_finals): `runs.load_runs` frames; finals has
+    ``teacher_seed`` (NaN for the pure student, which has no teacher) and ``teacher_run``.
+    Every notebook that needs these runs calls this with the same arguments, so each one
+    runs alone and all of them share the run directories."""
+    from .. import experiment, runs  # lazily: experiment imports methods
+
+    options, teacher_options = dict(options or {}), dict(teacher_options or {})
+    teacher_base = base if teacher_epochs is None else base.replace(epochs=int(teacher_epochs))
+    teacher_cfgs = {t: teacher_base.replace(method="baseline", model=teacher_model, seed=t, method_args=teacher_options)
+                    for t in teacher_seeds}
+    teacher_dirs = dict(zip(teacher_cfgs, experiment.run_all(teacher_cfgs.values(), out_dir)))
+    pairs = assign_teachers(seeds, teacher_seeds, assignment)
+    configs, teacher_of = [], {}
+    for kind in methods:
+        if kind == "student":
+            student_pairs = [(s, None) for s in dict.fromkeys(s for s, _ in pairs)]
+        else:
+            student_pairs = pairs
+        for s, t in student_pairs:
+            args = {k: v for k, v in options.items() if kind != "student" or k in ("convention", "label_smoothing")}
+            if t is not None:
+                args["teacher"] = str(teacher_dirs[t])
+            config = base.replace(method=kind, model=student_model, seed=s, method_args=args)
+            configs.append(config)
+            teacher_of[config.run_name()] = t
+    dirs = experiment.run_all(configs, out_dir)
+    finals = runs.load_runs(dirs)
+    teachers = [teacher_of[name] for name in finals["run"]]
+    finals["teacher_seed"] = pd.array(teachers, dtype="Int64")
+    finals["teacher_run"] = [str(teacher_dirs[t]) if t is not None else "" for t in teachers]
+    return finals, runs.load_runs(list(teacher_dirs.values())).assign(teacher_seed=list(teacher_dirs))
