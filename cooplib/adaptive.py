@@ -103,4 +103,143 @@ def latency(module: nn.Module, input_shape: tuple[int, int, int], batch: int = 1
     return float(np.median(times))
 
 
-__all__ = ["CRITERIA", "confidence", "dynamic_exit", "threshold_sweep", "pareto_front", "pick_for_budget", "latency"]
+# ---------------------------------------------------------------- from run directories to points
+
+
+def head_costs(learner: nn.Module, input_shape: tuple[int, int, int]) -> dict[str, dict]:
+    """Per head of a depth Learner: the FLOPs of the network that produces it alone (a
+    sub-network exported at its factor, an exit with its head, a plain network) and the
+    FLOPs a dynamic early exit pays there (every earlier head too)."""
+    from .flops import count_flops
+    from .methods.coop_depth import CoopDepth, DepthSingle, head_name
+    from .methods.multi_exit import _Exits
+    from .methods.sandwich import Sandwich
+    from .models import depth
+
+    out = {}
+    if isinstance(learner, (CoopDepth, Sandwich)):
+        nets = dict(zip(learner.names, learner.teammates)) if isinstance(learner, CoopDepth) else {"net": learner.net}
+        for name, net in nets.items():
+            for s in [*learner.factors, 1.0]:
+                sub = depth.export(net, s, learner.spacing)
+                f = count_flops(sub, input_shape)
+                out[head_name(name, s)] = {"flops": f, "dynamic_flops": f, "depth": sub.depth}
+        if getattr(learner, "leader", None) is not None:
+            out["leader"] = {"flops": count_flops(learner.leader, input_shape), "dynamic_flops": None,
+                             "depth": learner.leader.depth}
+    elif isinstance(learner, _Exits):
+        for h, row in zip(learner.exit_heads, depth.exit_flops(learner.multi, input_shape)):
+            out[h] = {"flops": row["FLOPs"], "dynamic_flops": row["FLOPs with earlier heads"], "depth": None}
+    elif isinstance(learner, DepthSingle):
+        out["net"] = {"flops": count_flops(learner.net, input_shape), "dynamic_flops": None, "depth": learner.net.depth}
+    else:
+        raise TypeError(f"no depth heads for {type(learner).__name__}")
+    return out
+
+
+@torch.no_grad()
+def test_logits(learner: nn.Module, data, batch_size: int = 256) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Every head's logits on the whole test split (eval mode, CPU), and the labels."""
+    from .data import DeviceLoader
+
+    learner.eval()
+    loader = DeviceLoader(data.x_test, data.y_test, batch_size, device="cpu", mean=data.mean, std=data.std)
+    outs: dict[str, list] = {}
+    ys = []
+    for x, y in loader:
+        for h, z in learner(x).items():
+            outs.setdefault(h, []).append(z.float())
+        ys.append(y)
+    return {h: torch.cat(v) for h, v in outs.items()}, torch.cat(ys)
+
+
+def train_batches(data, n: int, batch_size: int, seed: int = 0) -> list[torch.Tensor]:
+    """``n`` normalised, un-augmented training batches (for BN recalibration)."""
+    from .data import DeviceLoader
+
+    loader = DeviceLoader(data.x_train, data.y_train, batch_size, device="cpu", mean=data.mean, std=data.std,
+                          shuffle=True, seed=seed, drop_last=True)
+    return [x for (x, _), _ in zip(loader, range(n))]
+
+
+def top1(logits: torch.Tensor, y: torch.Tensor) -> float:
+    return 100.0 * float((logits.argmax(1) == y).float().mean())
+
+
+def run_points(run_dir, data, label: str, heads: Sequence[str] | None = None,
+               criterion: str = "max_softmax", sweep_points: int = 21) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(static, dynamic) points of one run with its last weights: one row per head
+    (FLOPs, test top-1), and for multi-exit runs the threshold sweep of early exiting."""
+    from .experiment import load_learner
+    from .methods.multi_exit import _Exits
+    from .runs import RunDir
+
+    learner = load_learner(run_dir)
+    seed = RunDir(run_dir).config().seed
+    shape = tuple(data.x_test.shape[1:])
+    costs = head_costs(learner, shape)
+    logits, y = test_logits(learner, data)
+    static = pd.DataFrame([{"label": label, "seed": seed, "head": h, "flops": costs[h]["flops"], "depth": costs[h]["depth"],
+                            "top1": top1(logits[h], y)} for h in (heads or costs) if h in logits])
+    dynamic = pd.DataFrame()
+    if isinstance(learner, _Exits):
+        ex = [logits[h] for h in learner.exit_heads]
+        dynamic = threshold_sweep(ex, y, [costs[h]["dynamic_flops"] for h in learner.exit_heads], criterion, sweep_points)
+        dynamic.insert(0, "label", label + " (dynamic)")
+        dynamic.insert(1, "seed", seed)
+        dynamic["point"] = range(len(dynamic))
+    return static, dynamic
+
+
+def at_budgets(points: pd.DataFrame, budgets: Sequence[float], by: Sequence[str] = ("label", "seed")) -> pd.DataFrame:
+    """Per group (method, seed) and budget: the most accurate point within it (None: nothing fits)."""
+    rows = []
+    for key, g in points.groupby(list(by), sort=False):
+        for b in budgets:
+            best = pick_for_budget(g, b)
+            rows.append({**dict(zip(by, key)), "budget": b, "top1": None if best is None else best["top1"],
+                         "choice": None if best is None else best.get("head", best.get("threshold")),
+                         "flops": None if best is None else best["flops"]})
+    return pd.DataFrame(rows)
+
+
+def bn_recalibration(run_dir, data, batches: int = 10, batch_size: int = 64) -> pd.DataFrame:
+    """Test top-1 of each Teammate-1 sub-network with the shared BN statistics and after
+    recalibrating them for that depth alone (``models.depth.recalibrate_bn``)."""
+    from .experiment import load_learner
+    from .methods.coop_depth import head_name
+    from .models import depth
+    from .runs import RunDir
+
+    learner = load_learner(run_dir)
+    seed = RunDir(run_dir).config().seed
+    net = learner.teammates[0] if hasattr(learner, "teammates") else learner.net
+    name = "t1" if hasattr(learner, "teammates") else "net"
+    xs = train_batches(data, batches, batch_size, seed)
+    rows = []
+    for s in [*learner.factors, 1.0]:
+        sub = depth.export(net, s, learner.spacing)
+        before, y = test_logits(_Single(sub), data)
+        depth.recalibrate_bn(sub, xs)
+        after, _ = test_logits(_Single(sub), data)
+        rows.append({"seed": seed, "head": head_name(name, s), "shared BN": top1(before["net"], y),
+                     "recalibrated BN": top1(after["net"], y)})
+    return pd.DataFrame(rows)
+
+
+class _Single(nn.Module):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return {"net": self.net(x)}
+
+
+def latency_table(nets: dict[str, nn.Module], input_shape, batches: Sequence[int], device="cpu", repeats: int = 20) -> pd.DataFrame:
+    """Median forward latency (ms) of each network at each batch size on ``device``."""
+    return pd.DataFrame([{"network": k, "batch": b, "ms": 1e3 * latency(m, input_shape, b, repeats, device=device)}
+                         for k, m in nets.items() for b in batches])
+
+
+__all__ = ["head_costs", "test_logits", "run_points", "at_budgets", "bn_recalibration", "latency_table", "CRITERIA", "confidence", "dynamic_exit", "threshold_sweep", "pareto_front", "pick_for_budget", "latency"]
