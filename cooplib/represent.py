@@ -12,8 +12,8 @@ student and the pure student are compared stage by stage on the same images.
 - `pca_spectrum`: explained variance ratio per principal component.
 - `participation_ratio`: effective dimensionality (sum lambda)^2 / sum lambda^2 of the
   covariance eigenvalues; d for isotropic d-dimensional data, 1 for a single direction.
-- `principal_angles`: between the top-k principal subspaces of two representations
-  (0 = same subspace, pi/2 = orthogonal).
+- `principal_angles`: between the top-k principal subspaces of two representations of
+  the same samples, in sample space (0 = same subspace, pi/2 = orthogonal).
 - `fisher_ratio` (trace of between-class over within-class scatter) and
   `linear_probe_accuracy` (a logistic-regression probe on a split of the evaluation set):
   class separability.
@@ -81,19 +81,22 @@ def participation_ratio(x) -> float:
     return float(ev.sum() ** 2 / np.sum(ev ** 2))
 
 
-def _basis(x, k: int) -> np.ndarray:
-    """Orthonormal basis (D, k) of the top-k principal subspace of x."""
-    _, _, vt = np.linalg.svd(_centered(x), full_matrices=False)
-    return vt[:k].T
+def _sample_basis(x, k: int) -> np.ndarray:
+    """Orthonormal basis (N, k) of the top-k principal subspace of x in sample space (the
+    leading left singular vectors of the centred data): coordinate-free, so networks of
+    different widths compare."""
+    u, _, _ = np.linalg.svd(_centered(x), full_matrices=False)
+    return u[:, :k]
 
 
 def principal_angles(x, y, k: int = 10) -> np.ndarray:
-    """Principal angles (radians, ascending) between the top-k principal subspaces of x
-    and y, which must have the same feature dimension (e.g. two networks' pooled features
-    projected... or the same network's stage before and after training)."""
-    bx, by = _basis(x, k), _basis(y, k)
-    if bx.shape[0] != by.shape[0]:
-        raise ValueError(f"principal angles need the same feature dimension: {bx.shape[0]} vs {by.shape[0]}")
+    """Principal angles (radians, ascending) between the top-k principal subspaces of two
+    representations x (N, Dx) and y (N, Dy) of the same N samples, in sample space (as
+    SVCCA does before its CCA step): 0 = the same subspace, pi/2 = orthogonal. Invariant
+    to any invertible linear map of the features that keeps the top-k subspace."""
+    bx, by = _sample_basis(x, k), _sample_basis(y, k)
+    if len(bx) != len(by):
+        raise ValueError(f"principal angles need the same samples: {len(bx)} vs {len(by)} rows")
     s = np.linalg.svd(bx.T @ by, compute_uv=False)
     return np.sort(np.arccos(np.clip(s, -1.0, 1.0)))
 

@@ -41,11 +41,13 @@ def test_participation_ratio_and_spectrum():
 
 def test_principal_angles():
     x = gauss(300, 10)
+    q, _ = np.linalg.qr(gauss(10, 10, seed=1))
     assert np.allclose(represent.principal_angles(x, x, k=4), 0.0, atol=1e-6)
-    e = np.zeros((300, 10))
-    e[:, :3], f = gauss(300, 3), np.zeros((300, 10))
-    f[:, 5:8] = gauss(300, 3, seed=1)
+    assert np.allclose(represent.principal_angles(x, 2.0 * x @ q, k=10), 0.0, atol=1e-6)
+    basis, _ = np.linalg.qr(gauss(300, 6, seed=2) - gauss(300, 6, seed=2).mean(0))  # centred, orthonormal
+    e, f = basis[:, :3] @ gauss(3, 5, seed=3), basis[:, 3:] @ gauss(3, 8, seed=4)  # orthogonal sample subspaces
     assert np.allclose(represent.principal_angles(e, f, k=3), np.pi / 2, atol=1e-6)
+    assert not np.allclose(represent.principal_angles(x, gauss(300, 10, seed=5), k=3), 0.0, atol=0.1)
 
 
 def test_separability():
