@@ -114,16 +114,18 @@ def fisher_ratio(x, y) -> float:
 
 
 def linear_probe_accuracy(x, y, train_fraction: float = 0.5, seed: int = 0) -> float:
-    """Top-1 (%) of a logistic-regression probe fitted on a stratified half of the samples
-    (standardised features) and tested on the other half."""
-    from sklearn.linear_model import LogisticRegression
+    """Top-1 (%) of a linear probe fitted on a stratified half of the samples (standardised
+    features) and tested on the other half. The probe is a ridge-regression classifier
+    (least squares on +-1 class targets, closed form): a logistic regression ranks the
+    same representations alike but costs minutes on thousands of features on a CPU."""
+    from sklearn.linear_model import RidgeClassifier
     from sklearn.model_selection import train_test_split
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     x, y = _np(x), np.asarray(y)
     xa, xb, ya, yb = train_test_split(x, y, train_size=train_fraction, stratify=y, random_state=seed)
-    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500, C=1.0))
+    probe = make_pipeline(StandardScaler(), RidgeClassifier(alpha=1.0))
     probe.fit(xa, ya)
     return float(100.0 * probe.score(xb, yb))
 
