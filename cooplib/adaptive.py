@@ -166,10 +166,11 @@ def top1(logits: torch.Tensor, y: torch.Tensor) -> float:
     return 100.0 * float((logits.argmax(1) == y).float().mean())
 
 
-def run_points(run_dir, data, label: str, heads: Sequence[str] | None = None,
-               criterion: str = "max_softmax", sweep_points: int = 21) -> tuple[pd.DataFrame, pd.DataFrame]:
+def run_points(run_dir, data, label: str, criterion: str = "max_softmax", sweep_points: int = 21,
+               skip: Sequence[str] = ()) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(static, dynamic) points of one run with its last weights: one row per head
-    (FLOPs, test top-1), and for multi-exit runs the threshold sweep of early exiting."""
+    (FLOPs, test top-1), and for multi-exit runs the threshold sweep of early exiting.
+    Heads starting with a prefix in ``skip`` are left out (e.g. T2 and the Leader, not deployed)."""
     from .experiment import load_learner
     from .methods.multi_exit import _Exits
     from .runs import RunDir
@@ -180,7 +181,7 @@ def run_points(run_dir, data, label: str, heads: Sequence[str] | None = None,
     costs = head_costs(learner, shape)
     logits, y = test_logits(learner, data)
     static = pd.DataFrame([{"label": label, "seed": seed, "head": h, "flops": costs[h]["flops"], "depth": costs[h]["depth"],
-                            "top1": top1(logits[h], y)} for h in (heads or costs) if h in logits])
+                            "top1": top1(logits[h], y)} for h in costs if h in logits and not h.startswith(tuple(skip))])
     dynamic = pd.DataFrame()
     if isinstance(learner, _Exits):
         ex = [logits[h] for h in learner.exit_heads]
@@ -197,8 +198,9 @@ def at_budgets(points: pd.DataFrame, budgets: Sequence[float], by: Sequence[str]
     for key, g in points.groupby(list(by), sort=False):
         for b in budgets:
             best = pick_for_budget(g, b)
-            rows.append({**dict(zip(by, key)), "budget": b, "top1": None if best is None else best["top1"],
-                         "choice": None if best is None else best.get("head", best.get("threshold")),
+            head = None if best is None else best.get("head")
+            choice = head if isinstance(head, str) else None if best is None else f"threshold {best['threshold']:.3g}"
+            rows.append({**dict(zip(by, key)), "budget": b, "top1": None if best is None else best["top1"], "choice": choice,
                          "flops": None if best is None else best["flops"]})
     return pd.DataFrame(rows)
 
