@@ -208,3 +208,13 @@ def test_pareto_front_and_budget():
     assert adaptive.pareto_front(pts)["flops"].tolist() == [1, 3]
     assert adaptive.pick_for_budget(pts, 2.5)["top1"] == 50
     assert adaptive.pick_for_budget(pts, 0.5) is None
+
+
+def test_budget_choice_names_the_head_or_the_threshold():
+    import pandas as pd
+
+    pts = pd.DataFrame({"label": ["a", "a", "b"], "seed": [0, 0, 0], "head": ["x@0.5", "x@1", None],
+                        "threshold": [None, None, 0.7], "flops": [1.0, 2.0, 1.5], "top1": [60.0, 70.0, 65.0]})
+    got = adaptive.at_budgets(pts, [1.0, 1.8, 2.0]).set_index(["label", "budget"])["choice"]
+    assert got[("a", 1.0)] == "x@0.5" and got[("a", 2.0)] == "x@1"
+    assert got[("b", 1.8)] == "threshold 0.7" and got[("b", 1.0)] is None
