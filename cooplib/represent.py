@@ -15,7 +15,7 @@ student and the pure student are compared stage by stage on the same images.
 - `principal_angles`: between the top-k principal subspaces of two representations of
   the same samples, in sample space (0 = same subspace, pi/2 = orthogonal).
 - `fisher_ratio` (trace of between-class over within-class scatter) and
-  `linear_probe_accuracy` (a logistic-regression probe on a split of the evaluation set):
+  `linear_probe_accuracy` (a ridge-classifier probe on a split of the evaluation set):
   class separability.
 """
 from __future__ import annotations
@@ -62,10 +62,30 @@ def linear_cka(x, y, debiased: bool = False) -> float:
     return float(_hsic_unbiased(k, l) / np.sqrt(_hsic_unbiased(k, k) * _hsic_unbiased(l, l)))
 
 
+def _gram_eigen(x, vectors: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """Squared singular values of the centred data (largest first) and, if asked, its left
+    singular vectors (N, r). From the smaller of the two symmetric eigenproblems: the
+    N x N Gram matrix when the features (C x H x W of a stage) outnumber the samples,
+    else the D x D scatter matrix (left vectors then X V / s): much cheaper than an SVD."""
+    xc = _centered(x)
+    n, d = xc.shape
+    if d >= n:
+        w, u = np.linalg.eigh(xc @ xc.T)
+        order = np.argsort(w)[::-1]
+        return np.clip(w[order], 0.0, None), (u[:, order] if vectors else None)
+    w, v = np.linalg.eigh(xc.T @ xc)
+    order = np.argsort(w)[::-1]
+    w, v = np.clip(w[order], 0.0, None), v[:, order]
+    if not vectors:
+        return w, None
+    keep = w > w[0] * 1e-12
+    return w, (xc @ v[:, keep]) / np.sqrt(w[keep])
+
+
 def _eigenvalues(x) -> np.ndarray:
-    """Covariance eigenvalues, largest first (from the singular values of the centred data)."""
-    s = np.linalg.svd(_centered(x), compute_uv=False)
-    return s ** 2 / max(1, len(s) - 1)
+    """Covariance eigenvalues, largest first."""
+    w, _ = _gram_eigen(x, vectors=False)
+    return w / max(1, len(_np(x)) - 1)
 
 
 def pca_spectrum(x, k: int | None = None) -> np.ndarray:
@@ -85,8 +105,7 @@ def _sample_basis(x, k: int) -> np.ndarray:
     """Orthonormal basis (N, k) of the top-k principal subspace of x in sample space (the
     leading left singular vectors of the centred data): coordinate-free, so networks of
     different widths compare."""
-    u, _, _ = np.linalg.svd(_centered(x), full_matrices=False)
-    return u[:, :k]
+    return _gram_eigen(x)[1][:, :k]
 
 
 def principal_angles(x, y, k: int = 10) -> np.ndarray:
