@@ -18,7 +18,7 @@ import pytest
 
 from cooplib import book, report
 
-NOTEBOOKS = ["baseline", "one", "dml", "branch_expansion"]
+NOTEBOOKS = ["baseline", "one", "dml", "branch_expansion", "cooperative_depth", "kd_zoo"]
 
 
 @pytest.mark.slow
