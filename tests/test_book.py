@@ -39,8 +39,8 @@ def test_unknown_profile_notebook_and_reserved_parameter(tmp_path):
         book.validate(_profile(tmp_path, {"baselin": {}}))
     with pytest.raises(ConfigError, match="set by cooplib.book"):
         book.validate(_profile(tmp_path, {"baseline": {"out_dir": "/x"}}))
-    with pytest.raises(ConfigError, match="has no notebook 'kd_zoo'"):
-        book.validate(book.load_profile("smoke"), only=["kd_zoo"])
+    with pytest.raises(ConfigError, match="has no notebook 'nosuch'"):
+        book.validate(book.load_profile("smoke"), only=["nosuch"])
 
 
 def test_cli_reports_config_errors_without_traceback(capsys):
