@@ -195,6 +195,10 @@ def execute(profile_name: str, only: list[str] | None = None, runs_dir: str | Pa
         import json
 
         os.environ["COOPLIB_CLUSTER"] = json.dumps(profile["cluster"]) if isinstance(profile["cluster"], dict) else str(profile["cluster"])
+    if jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
+        # each kernel gets its share of the cores: oversubscribed OpenMP threads spin and
+        # made two concurrent notebooks on 2 cores 25x slower than one after another
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
     params = {nb: {**p, "profile": profile["name"], "out_dir": str(out_root)} for nb, p in plan.items()}
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         results = list(pool.map(lambda nb: _execute_one(profile["name"], nb, params[nb]), plan))
