@@ -75,12 +75,14 @@ def fit(
             run.admit(config, resume)
             if not (run.path / runs.CONFIG).exists():
                 run.create(_run_metadata(config, data, device))
-            run.recover()
+        ckpt = run.recover() if main else None  # verified once; other ranks read it after the barrier
         ddp.barrier()
         if run.state == "complete":  # nothing is trained
             return RunResult(run.path, run.final(), run.records())
+        if not main:
+            ckpt = run.checkpoint()
         with runtime.determinism(config.deterministic):
-            return _fit(learner, data, config, run, device, run.checkpoint(), initial_optimizer_state)
+            return _fit(learner, data, config, run, device, ckpt, initial_optimizer_state)
 
 
 def _fit(learner, data, config, run: runs.RunDir, device, ckpt, initial_optimizer_state) -> RunResult:

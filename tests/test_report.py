@@ -1,5 +1,4 @@
 """Tables, intervals and verdicts computed from run frames: the statistics by hand."""
-import json
 import math
 
 import numpy as np
