@@ -493,7 +493,7 @@ def flatness_verdicts(curves: pd.DataFrame, order: Sequence[str], rise: float = 
 # ---------------------------------------------------------------- offline KD zoo (cooplib.methods.kd)
 
 #: the constant record of the teacher's test top-1 in a student's run (cooplib.methods.kd)
-TEACHER_TOP1 = "last/train/teacher_test_top1"
+TEACHER_TOP1 = "last/train/test_top1/teacher"
 
 
 def kd_table(finals: pd.DataFrame, pure: str = "student", head: str = "net", which: str = "last") -> pd.DataFrame:

@@ -51,8 +51,8 @@ def test_teacher_frozen_eval_and_accuracy_recorded(teacher_run):
     assert learner.teacher_top1 == teacher_run.final["last"]["test/net/top1"]
     x, y = torch.randn(6, 1, 8, 8), torch.arange(6)
     total, parts = learner.loss(learner(x), y, STATE)
-    assert torch.allclose(total, parts["ce"] + PUBLISHED_WEIGHT["at"] * parts["at"])
-    assert float(parts["teacher_test_top1"]) == pytest.approx(learner.teacher_top1, rel=1e-6)
+    assert torch.allclose(total, parts["ce/net"] + PUBLISHED_WEIGHT["at"] * parts["at/net"])
+    assert float(parts["test_top1/teacher"]) == pytest.approx(learner.teacher_top1, rel=1e-6)
     total.backward()
     assert all(p.grad is None for p in learner.teacher.parameters())
 
@@ -76,11 +76,11 @@ def test_rkd_trains_and_leaves_the_teacher_unchanged(teacher_run, tmp_path):
     moved = sum(float((trained.net.state_dict()[k].float() - v.float()).abs().sum()) for k, v in before.items())
     assert moved > 1.0
     assert result.final["last"]["test/net/top1"] > 40.0
-    assert result.final["last"]["train/rkd"] > 0
+    assert result.final["last"]["train/rkd/net"] > 0
     teacher_weights = runs.RunDir(teacher_run.run_dir).weights("last")
     stored = {k.removeprefix("teacher."): v for k, v in trained.state_dict().items() if k.startswith("teacher.")}
     assert stored and all(torch.equal(stored[k], teacher_weights[f"net.{k}"]) for k in stored)
-    assert result.final["last"]["train/teacher_test_top1"] == pytest.approx(teacher_run.final["last"]["test/net/top1"], rel=1e-5)
+    assert result.final["last"]["train/test_top1/teacher"] == pytest.approx(teacher_run.final["last"]["test/net/top1"], rel=1e-5)
 
 
 def test_teacher_assignment():

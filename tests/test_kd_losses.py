@@ -145,7 +145,7 @@ def test_kd_learner_matches_hand_and_torchdistill():
         zs, zt = heads["net"].detach(), learner.teacher(x).detach()
         total, parts = learner.loss(heads, y, STATE)
         ce = F.cross_entropy(zs, y)
-        assert torch.allclose(parts["kd"], hand_kd(zs, zt, 4.0), rtol=1e-5)
+        assert torch.allclose(parts["kd/net"], hand_kd(zs, zt, 4.0), rtol=1e-5)
         assert torch.allclose(total, expected(ce, hand_kd(zs, zt, 4.0)), rtol=1e-5)
     # torchdistill's alpha weights the hard loss: its alpha = 0.1 is RepDistiller's 0.1 CE + 0.9 KD
     assert torch.allclose(torchdistill_kd(zs, zt, y, alpha=0.1, temperature=4.0), 0.1 * ce + 0.9 * hand_kd(zs, zt, 4.0), rtol=1e-5)
@@ -157,8 +157,8 @@ def test_seed_convention_label_smoothing_and_weights():
     heads = learner(x)
     total, parts = learner.loss(heads, y, STATE)
     ce_ls = F.cross_entropy(heads["net"].detach(), y, label_smoothing=0.1)
-    assert torch.allclose(parts["ce"], ce_ls) and learner.weight == 30000.0
-    assert torch.allclose(total, 0.5 * ce_ls + 0.5 * 30000.0 * parts["pkt"], rtol=1e-5)
+    assert torch.allclose(parts["ce/net"], ce_ls) and learner.weight == 30000.0
+    assert torch.allclose(total, 0.5 * ce_ls + 0.5 * 30000.0 * parts["pkt/net"], rtol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["rkd", "pkt"])
@@ -168,4 +168,4 @@ def test_published_weight_applied(kind):
     learner = Distill(kind, Logits(), Logits(), in_channels=5).train()
     total, parts = learner.loss(learner(x), y, STATE)
     w = {"at": 1000.0, "nst": 50.0, "rkd": 1.0, "pkt": 30000.0}[kind]
-    assert math.isclose(float(total), float(parts["ce"] + w * parts[kind]), rel_tol=1e-5)
+    assert math.isclose(float(total), float(parts["ce/net"] + w * parts[f"{kind}/net"]), rel_tol=1e-5)

@@ -29,7 +29,7 @@ class Sharpened(Learner):
 
     def loss(self, heads, y, state):
         ce = losses.cross_entropy(heads["net"], y)
-        return ce, {"ce": ce}
+        return ce, {"ce/net": ce}
 
 
 @pytest.fixture
@@ -59,7 +59,7 @@ def test_a_registered_toy_method_builds_checks_options_and_trains(toy, tiny_data
                        epochs=1, batch_size=32, progress=False, tensorboard=False, device="cpu")
     result = train.fit(learner, tiny_data, config, tmp_path / "toy")
     assert result.final["epochs_done"] == 1 and result.final["primary_head"] == "net"
-    assert {"train/ce", "test/net/top1"} <= set(result.metrics[0])
+    assert {"train/ce/net", "test/net/top1"} <= set(result.metrics[0])
 
 
 def test_a_factory_must_name_its_options():

@@ -278,7 +278,7 @@ class FrozenLinear(Learner):
 
     def loss(self, heads, y, state):
         ce = losses.cross_entropy(heads["net"], y)
-        return 0 * ce, {"ce": ce.detach()}
+        return 0 * ce, {"ce/net": ce.detach()}
 
 
 def test_training_metrics_are_per_sample_means_over_the_epoch(tiny_data, tmp_path):
@@ -290,7 +290,7 @@ def test_training_metrics_are_per_sample_means_over_the_epoch(tiny_data, tmp_pat
     loader = DeviceLoader(tiny_data.x_train, tiny_data.y_train, 96, device=torch.device("cpu"), mean=tiny_data.mean, std=tiny_data.std)
     ref = metrics.evaluate(learner, loader, None, torch.device("cpu"))
     assert rec["train/net/top1"] == pytest.approx(ref["net/top1"]) and rec["train/flipped/top1"] == pytest.approx(ref["flipped/top1"])
-    assert rec["train/ce"] == pytest.approx(ref["net/loss"], rel=1e-5)
+    assert rec["train/ce/net"] == pytest.approx(ref["net/loss"], rel=1e-5)
     assert rec["train/loss"] == 0.0
 
 

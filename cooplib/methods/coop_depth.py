@@ -196,7 +196,7 @@ class DepthSingle(Learner):
 
     def loss(self, heads, y, state):
         ce = losses.cross_entropy(heads["net"], y)
-        return ce, {"ce": ce}
+        return ce, {"ce/net": ce}
 
     def deployable(self) -> nn.Module:
         return self.net

@@ -40,8 +40,9 @@ forward under ``no_grad``, and only in training (evaluation never runs it). Its 
 are part of the student's state dict (so a student run reloads strictly) but never get a
 gradient, so SGD leaves them untouched. The teacher's test top-1 (its run's last epoch,
 primary head) is recorded in every epoch of the student's run as the constant loss part
-``teacher_test_top1`` (not added to the total), i.e. ``train/teacher_test_top1`` in
-metrics.jsonl and ``last/train/teacher_test_top1`` in `runs.load_runs`.
+``test_top1/teacher`` (not added to the total), i.e. ``train/test_top1/teacher`` in
+metrics.jsonl and ``last/train/test_top1/teacher`` in `runs.load_runs`. Loss parts are
+named ``term/head`` as in every method: ``ce/net``, ``kd/net``, ``at/net``, ...
 
 Adapters (FitNets' regressor, FT's paraphraser and translator) belong to the Learner and
 are trained with it; ``deployable()`` returns the plain student network, so TeCost and
@@ -198,7 +199,7 @@ class Distill(Learner):
         logits = heads["net"]
         ce = losses.cross_entropy(logits, y, self.label_smoothing)
         if self.kind == "student":
-            return ce, {"ce": ce}
+            return ce, {"ce/net": ce}
         terms = self.distill_term(logits, state)
         if "ft_reconstruction" in terms:  # FT warm-up: student CE, paraphraser reconstruction
             total = ce + terms["ft_reconstruction"]
@@ -207,9 +208,9 @@ class Distill(Learner):
         else:
             gamma = 0.1 if self.kind == "kd" else 1.0
             total = gamma * ce + sum(self._weight(k) * v for k, v in terms.items())
-        parts = {"ce": ce, **terms}
+        parts = {"ce/net": ce, **{f"{k}/net": v for k, v in terms.items()}}
         if self.teacher_top1 is not None:  # a constant record, not part of the total
-            parts["teacher_test_top1"] = torch.tensor(float(self.teacher_top1), device=logits.device)
+            parts["test_top1/teacher"] = torch.tensor(float(self.teacher_top1), device=logits.device)
         self._teacher_out = {}
         return total, parts
 
