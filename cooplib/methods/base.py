@@ -60,6 +60,19 @@ class Learner(nn.Module):
         self.load_state_dict(parent.state_dict(), strict=True)
         return optimizer_state
 
+    def diagnostics(self, heads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per-batch sums over images of extra evaluation quantities (0-d device tensors,
+        named `term/head`); `metrics.evaluate` divides them by the image count and records
+        them each epoch as `test/<name>`. Default: none. Called right after `forward` in
+        eval mode, without gradients; must not synchronise with the host."""
+        return {}
+
+    def gradient_ratio_exclusions(self) -> list[nn.Parameter]:
+        """Parameters whose gradient carries no signal (e.g. a bias right before a
+        BatchNorm): the gradient-ratio scheduler leaves them at the schedule's lr
+        (`cooplib.gradratio`, `exclude="pre_bn"`). Default: none."""
+        return []
+
     def last_layer_parameters(self) -> list[nn.Parameter]:
         """The classifier parameters: the reference of the gradient-ratio scheduler."""
         deployed = self.deployable()

@@ -20,6 +20,18 @@ the momentum carried over likewise. The expansion is seeded with the torch seed 
 force when this learner was built (``experiment.build_learner`` seeds with
 ``config.seed``), so replicate runs differ and each is reproducible.
 
+After an expansion, ``expand_anneal`` > 0 moves the gate prior linearly from its value
+at the expansion to 0 over that many epochs (``cooplib.expand.annealed_prior``), so
+parked branches (``"fresh"``, ``"new_head"``: prior -10) become real members of the
+teacher and a duplicate group's shared weight grows; the function at the moment of
+expansion is unchanged (the prior starts where the expansion put it). The prior for the
+next step is set at the end of each ``loss`` call from ``state`` (epoch + (step + 1) /
+steps per epoch), so a run resumed from a checkpoint continues the same schedule (the
+prior is a buffer of the state dict). 0, the default, keeps the prior fixed.
+
+``diagnostics`` reports, every evaluation, each branch's mean gate weight and the
+pairwise disagreement and KL between branches (``cooplib.diversity``).
+
 ``ramp_epochs`` > 0 multiplies the KL term by the reference code's sigmoid ramp
 w(e) = exp(-5 (1 - e/ramp)^2) for e < ramp, 1 after (a README tip of
 Lan1991Xu/ONE_NeurIPS2018, probably not in the paper). As there, e is the integer
@@ -77,6 +89,7 @@ class ONE(Learner):
         expand: str = "duplicate",
         expand_noise: float = 0.01,
         expand_prior: float = -10.0,
+        expand_anneal: float = 0.0,
         packed: bool | None = None,
     ) -> None:
         super().__init__()
@@ -90,10 +103,15 @@ class ONE(Learner):
             raise ValueError(f"expand must be one of {_expand.STRATEGIES}, got {expand!r}")
         if expand_noise < 0:
             raise ValueError(f"expand_noise must be >= 0, got {expand_noise!r}")
+        if not expand_anneal >= 0:
+            raise ValueError(f"expand_anneal must be >= 0 epochs, got {expand_anneal!r}")
         self.net = net
         if packed is not None:  # None: as the network was built
             self.packed = packed
         self.expand, self.expand_noise, self.expand_prior = expand, float(expand_noise), float(expand_prior)
+        self.expand_anneal = float(expand_anneal)
+        # the gate prior at the moment of expansion (set by init_from; not in the state dict)
+        self.register_buffer("prior_at_expansion", None, persistent=False)
         self._seed = torch.initial_seed()
         self.temperature = float(temperature)
         self.distill = bool(distill)
@@ -135,7 +153,30 @@ class ONE(Learner):
             kl = kl * self.kl_weight(state)
             parts["kl/branches"] = kl
             total = total + kl
+        if self.training:
+            self._anneal_prior(state)
         return total, parts
+
+    @torch.no_grad()
+    def _anneal_prior(self, state: TrainState) -> None:
+        """Set the gate prior of the next step (no-op without an expansion or anneal)."""
+        start = self.prior_at_expansion
+        if start is None or self.expand_anneal <= 0:
+            return
+        done = state.epoch + (state.step + 1) / max(1, state.steps_per_epoch)
+        self.net.gate_prior.copy_(_expand.annealed_prior(start, done, self.expand_anneal))
+
+    def diagnostics(self, heads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Gate weight of every branch, pairwise disagreement and KL (``cooplib.diversity``)."""
+        from .. import diversity
+
+        zs = torch.stack([heads[h] for h in self.branch_heads])
+        gate = self.net.last_gate if self.teacher == "gate" else None
+        return diversity.branch_sums(zs, gate)
+
+    def gradient_ratio_exclusions(self) -> list[nn.Parameter]:
+        """The gate's bias (it sits right before the gate's BatchNorm)."""
+        return self.net.pre_norm_biases()
 
     def init_from(self, parent: Learner, optimizer_state: dict | None = None) -> dict | None:
         """Start from a trained ONE learner: the same branch count loads strictly; fewer
@@ -156,9 +197,10 @@ class ONE(Learner):
             parent.net, m_new, self.expand, noise=self.expand_noise, seed=self._seed, fresh_prior=self.expand_prior
         )
         _expand.load_state_strict(self.net, grown.state_dict())
+        self.prior_at_expansion = self.net.gate_prior.detach().clone()
         if optimizer_state is None:
             return None
-        return _expand.expanded_optimizer_state(optimizer_state, parent, self, grown.branch_sources)
+        return _expand.expanded_optimizer_state(optimizer_state, parent, self, grown.branch_sources, grown.fresh_fc)
 
     def deployable(self) -> nn.Module:
         """Branch 0 with the shared layers (sharing parameters): the ONE target net."""
@@ -189,12 +231,13 @@ def build_one(
     expand: str = "duplicate",
     expand_noise: float = 0.01,
     expand_prior: float = -10.0,
+    expand_anneal: float = 0.0,
 ) -> ONE:
     """Registry factory: ONE with ``branches`` branches on the CIFAR ResNet ``model``;
     ``packed`` runs them as one wider network (same weights and results)."""
     net = MultiBranchResNet(model, num_classes, in_channels, branches=branches, share=share, packed=packed)
     return ONE(net, temperature=temperature, distill=distill, teacher=teacher, ramp_epochs=ramp_epochs,
-               expand=expand, expand_noise=expand_noise, expand_prior=expand_prior)
+               expand=expand, expand_noise=expand_noise, expand_prior=expand_prior, expand_anneal=expand_anneal)
 
 
 __all__ = ["ONE", "build_one", "sigmoid_ramp", "TEACHERS"]

@@ -13,8 +13,12 @@ cooplib works, and branch 0 with the shared layers is initialised exactly as
 independently, as separate networks would be.
 
 ``gate_prior`` (a buffer, zeros by default) is an additive per-branch offset of the
-gate logits. Training never changes it; branch expansion (``cooplib.expand``) uses it
-so that an expanded network computes the same ensemble as the network it came from.
+gate logits. The optimizer never changes it; branch expansion (``cooplib.expand``) uses
+it so that an expanded network computes the same ensemble as the network it came from,
+and ONE's ``expand_anneal`` moves it back to 0 on a schedule.
+
+``last_gate`` holds the (B, m) gate weights of the latest forward pass, detached (for
+diagnostics such as ``ONE.diagnostics``; no copy, no host sync).
 
 ``share=False`` is the paper's "w/o sharing layers" ablation (Table 5): m independent
 full networks with the same gate and teacher. The gate then reads the pooled ``layer2``
@@ -107,6 +111,7 @@ class MultiBranchResNet(nn.Module):
         self.gate_fc = nn.Linear(c2, branches)
         self.gate_bn = nn.BatchNorm1d(branches)
         self.register_buffer("gate_prior", torch.zeros(branches))
+        self.last_gate: torch.Tensor | None = None
         self.packed = packed
 
     def _build_net(self) -> CifarResNet:
@@ -177,6 +182,7 @@ class MultiBranchResNet(nn.Module):
         """The heads and the (B, m) gate weights, from one pass."""
         zs, f2 = self._logits_and_f2(x)  # (m, B, C)
         g = self._gate(f2)
+        self.last_gate = g.detach()
         z = zs.transpose(0, 1)  # (B, m, C)
         heads = {f"branch{i}": zi for i, zi in enumerate(zs.unbind(0))}
         # elementwise product + sum, not a matmul: the teacher costs no counted FLOPs
@@ -198,6 +204,12 @@ class MultiBranchResNet(nn.Module):
         if not 0 <= i < self.num_branches:
             raise IndexError(f"branch {i} out of range: the model has {self.num_branches} branches")
         return BranchNet(self, i) if self.share else self.branches[i]
+
+    def pre_norm_biases(self) -> list[nn.Parameter]:
+        """Biases added right before a BatchNorm (the gate's ``gate_fc.bias``): the BN
+        subtracts the batch mean, so their gradient is zero up to rounding and the
+        gradient-ratio scheduler must not scale their lr by it."""
+        return [self.gate_fc.bias] if self.gate_fc.bias is not None else []
 
     def classifier_parameters(self) -> list[nn.Parameter]:
         """Weights and biases of every branch's classifier (the "last layer")."""
