@@ -59,8 +59,8 @@ _MAX_BISECTIONS = 60
 COLUMNS = ("direction", "direction_seed", "width", "low", "high", "beyond", "d_max", "target", "evaluations",
            "train_ce0", "train_error0", "test_ce0", "test_error0")
 
-__all__ = ["COLUMNS", "DEFAULT_D_MAX", "DEFAULT_D_START", "crossing_widths", "direction_seed",
-           "ordering_verdicts", "width_summary", "width_text", "widths_for_runs"]
+__all__ = ["COLUMNS", "DEFAULT_D_MAX", "DEFAULT_D_START", "crossing_widths", "curve_grid", "direction_seed",
+           "ordering_verdicts", "search_facts", "width_summary", "width_text", "widths_for_runs"]
 
 
 def _train_ce(model: nn.Module, loader: Iterable, device: torch.device, amp_dtype) -> float:
@@ -330,3 +330,21 @@ def ordering_verdicts(widths: pd.DataFrame, order: Sequence[str], by: str = "sol
 def _rise(widths: pd.DataFrame) -> str:
     rises = (widths["target"] - widths["train_ce0"]).round(6).unique()
     return f"{rises[0]:g}" if len(rises) == 1 else "common level"
+
+
+def search_facts(widths: pd.DataFrame, by: str = "solution") -> pd.DataFrame:
+    """The set-up of a width search per solution, exact on any machine: training seeds,
+    directions per seed, the kind of weights, d_max, and the target."""
+    g = widths.groupby(by, sort=False)
+    return pd.DataFrame({"seeds": g["seed"].nunique(), "directions per seed": g["direction"].nunique(),
+                         "weights": g["weights"].first(), "d_max": g["d_max"].max(),
+                         "target": "c(0) + " + _rise(widths) + " nat" if _rise(widths) != "common level"
+                         else "a common train-CE level per seed"})
+
+
+def curve_grid(widths: pd.DataFrame, points: int = 11, factor: float = 1.5) -> list[float]:
+    """An evenly spaced grid from 0 to ``factor`` x the largest finite width (or d_max when
+    none is finite), so that the curves drawn on it show every solution's rise."""
+    finite = widths["width"][np.isfinite(widths["width"])]
+    end = factor * float(finite.max()) if len(finite) and finite.max() > 0 else float(widths["d_max"].max())
+    return [float(x) for x in np.round(np.linspace(0.0, end, int(points)), 6)]

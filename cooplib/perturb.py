@@ -25,6 +25,10 @@ Buffers (BN running statistics) are never touched; evaluation is in eval mode un
 no_grad, so they are used, not updated. The original weights are restored bit for bit
 afterwards, also when an evaluation raises.
 
+A fixed grid may end before the loss rises (then every `flatness` width is inf):
+`cooplib.flatness` searches each direction's crossing instead, up to a stated d_max,
+over training seeds and directions, with the ordering verdicts.
+
 Which module to perturb matters: the direction lives in the parameters of the module
 passed. For DML pass ``learner.deployable()`` (peer 0): perturbing the whole Learner
 would spend part of the unit norm on peers that the head does not use.
@@ -328,7 +332,8 @@ def flatness(df: pd.DataFrame, rise: float = 1.0, by: str | Sequence[str] | None
     ``by``: the columns naming a model (e.g. a "solution" column); default all columns
     that are not the curve's own. Compare only curves measured with the same
     ``normalize`` and distances; for an ordering with an interval over the directions
-    use `direction_flatness` (and `report.flatness_verdicts`).
+    use `direction_flatness` (and `report.flatness_verdicts`); for widths that are never
+    cut off by the grid, `cooplib.flatness.widths_for_runs`.
     """
     keys = _keys(df, by)
     mean = df.groupby([*keys, "distance"], sort=True)[["train_ce", "test_error"]].mean().reset_index()

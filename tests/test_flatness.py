@@ -251,3 +251,14 @@ def test_width_summary_shows_values_at_zero_spread_and_beyond():
     assert t.loc["b", "width"] == "beyond d_max = 7 (all 3 directions)"
     assert t.loc["a", "train CE at d=0"] == "1.0000 (0.5000-1.5000)"  # mean over runs (range)
     assert t.loc["b", "test error % at d=0"] == "2.00"
+
+
+def test_search_facts_and_curve_grid():
+    inf = math.inf
+    w = frame({"a": [[1.0, 2.0], [4.0, inf]], "b": [[inf, inf], [inf, inf]]}, d_max=7.0)
+    facts = flatness.search_facts(w)
+    assert facts.loc["a"].tolist() == [2, 2, "last", 7.0, "c(0) + 1 nat"]
+    assert flatness.curve_grid(w, points=5) == [0.0, 1.5, 3.0, 4.5, 6.0]  # up to 1.5 x the largest finite width
+    assert flatness.curve_grid(w[w.solution == "b"], points=3) == [0.0, 3.5, 7.0]  # none finite: up to d_max
+    common = w.assign(target=2.0)  # one absolute level: the rise differs per seed
+    assert flatness.search_facts(common).loc["a", "target"] == "a common train-CE level per seed"
