@@ -3,11 +3,16 @@
     python -m cooplib.book all --profile smoke          # what `make book` runs
     python -m cooplib.book run --profile paper --only baseline
     python -m cooplib.book build                        # HTML only, from book/_executed
+    python -m cooplib.book build --profile fashion      # the published book, no training
     python -m cooplib.book reference                    # refresh the nbval reference outputs
 
 Papermill only warns about a parameter the notebook does not declare; here it is an
-error with a suggestion, checked before anything runs. Notebooks run in notebooks/
-with absolute output paths, so the result does not depend on the caller's directory.
+error with a suggestion, checked before anything runs. Notebooks find their runs in
+their profile's run root (`runs/<profile>` of the project), whoever runs them.
+
+A profile with `publish: true` keeps what its book needs in book/published/<profile>/:
+the executed notebooks, build_info.md and the records of every run (config, metrics,
+final summary; no weights), so `build --profile <it>` rebuilds the HTML without training.
 """
 from __future__ import annotations
 
@@ -28,7 +33,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = REPO_ROOT / "notebooks"
 PROFILES = NOTEBOOKS / "profiles"
 EXECUTED = REPO_ROOT / "book" / "_executed"
+PUBLISHED = REPO_ROOT / "book" / "published"
+STATIC = REPO_ROOT / "book" / "_assets"
 BUILD = REPO_ROOT / "_build"
+#: the small files of a run directory that a published book keeps (never weights)
+RECORD_FILES = ("config.json", "metrics.jsonl", "final.json")
 
 #: parameters every notebook declares, filled in by `execute`
 INJECTED = ("profile", "out_dir")
@@ -191,6 +200,7 @@ def execute(profile_name: str, only: list[str] | None = None, runs_dir: str | Pa
     EXECUTED.mkdir(parents=True, exist_ok=True)
     _remove_other_profiles(profile["name"])
     os.environ["COOPLIB_PROGRESS"] = "1" if progress else "0"
+    os.environ["COOPLIB_STATIC"] = "1"  # explorers draw their static view (see cooplib.explore)
     if profile.get("cluster") is not None:
         import json
 
@@ -199,11 +209,16 @@ def execute(profile_name: str, only: list[str] | None = None, runs_dir: str | Pa
         # each kernel gets its share of the cores: oversubscribed OpenMP threads spin and
         # made two concurrent notebooks on 2 cores 25x slower than one after another
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
-    params = {nb: {**p, "profile": profile["name"], "out_dir": str(out_root)} for nb, p in plan.items()}
+    # the notebooks find the profile's run root themselves; only another one is injected
+    where = {"out_dir": str(out_root)} if runs_dir else {}
+    params = {nb: {**p, "profile": profile["name"], **where} for nb, p in plan.items()}
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         results = list(pool.map(lambda nb: _execute_one(profile["name"], nb, params[nb]), plan))
     _write_build_info(profile, out_root, {nb: seconds for nb, _, seconds in results})
-    return {nb: why for nb, why, _ in results if why}
+    failures = {nb: why for nb, why, _ in results if why}
+    if profile.get("publish") and not failures and not only and not runs_dir:
+        publish(profile["name"], out_root)
+    return failures
 
 
 def _execute_one(profile: str, nb: str, parameters: dict) -> tuple[str, str | None, float]:
@@ -222,9 +237,80 @@ def _execute_one(profile: str, nb: str, parameters: dict) -> tuple[str, str | No
         why = f"In [{exc.exec_count}]: {exc.ename}: {last[0]}"
     except Exception as exc:  # the kernel died, a file could not be written, ...
         why = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
+    if output.exists():
+        collapse_code(output)
     seconds = time.perf_counter() - t0
     print(f"[cooplib.book] {nb} {'FAILED' if why else 'done'} in {seconds:.1f} s", flush=True)
     return nb, why, seconds
+
+
+def collapse_code(path: Path) -> None:
+    """Tag every code cell `hide-input`: the HTML page reads as a report and a reader
+    can still expand the code (cells already tagged remove-*/hide-* keep their tags)."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        tags = cell.metadata.setdefault("tags", [])
+        if cell.cell_type == "code" and not any(t.startswith(("remove-", "hide-")) for t in tags):
+            tags.append("hide-input")
+    nbformat.write(nb, path)
+
+
+def publish(profile: str, runs_root: Path) -> Path:
+    """Keep the executed book of `profile` in book/published/<profile>/ (see module doc)."""
+    import shutil
+
+    target = PUBLISHED / profile
+    if target.exists():
+        shutil.rmtree(target)
+    (target / "records").mkdir(parents=True)
+    for path in [*EXECUTED.glob("*.ipynb"), EXECUTED / "build_info.md"]:
+        shutil.copy2(path, target / path.name)
+    for run in sorted(p for p in runs_root.iterdir() if (p / "config.json").exists()):
+        (target / "records" / run.name).mkdir()
+        for name in RECORD_FILES:
+            if (run / name).exists():
+                shutil.copy2(run / name, target / "records" / run.name / name)
+    print(f"[cooplib.book] {profile}: executed notebooks and run records kept in {_shown(target)}", flush=True)
+    return target
+
+
+def _restore_published(profile: str) -> None:
+    """Put the published executed notebooks of `profile` where the build reads them."""
+    import shutil
+
+    source = PUBLISHED / profile
+    if not (source / "build_info.md").exists():
+        raise ConfigError(f"profile {profile!r} has no published book in {_shown(source)}: "
+                          f"run `python -m cooplib.book all --profile {profile}` (it trains)")
+    if EXECUTED.exists():
+        shutil.rmtree(EXECUTED)
+    EXECUTED.mkdir(parents=True)
+    for path in [*source.glob("*.ipynb"), source / "build_info.md"]:
+        shutil.copy2(path, EXECUTED / path.name)
+
+
+def _executed_profile() -> str | None:
+    import nbformat
+
+    for path in EXECUTED.glob("*.ipynb"):
+        return nbformat.read(path, as_version=4).metadata.get("papermill", {}).get("parameters", {}).get("profile")
+    return None
+
+
+def offline_assets() -> Path:
+    """MathJax from the `jupyter-server-mathjax` package into book/_assets/mathjax, so the
+    book renders its formulas with no network (the default loads them from a CDN)."""
+    import shutil
+
+    import jupyter_server_mathjax
+
+    source = Path(jupyter_server_mathjax.__file__).parent / "static"
+    target = STATIC / "mathjax"
+    if not (target / "MathJax.js").exists():
+        shutil.copytree(source, target, dirs_exist_ok=True)
+    return target
 
 
 def _shown(path: Path) -> Path:
@@ -272,8 +358,14 @@ def _write_build_info(profile: dict, runs_root: Path, timings: dict[str, float])
     (EXECUTED / "build_info.md").write_text("\n".join(lines))
 
 
-def build() -> Path:
-    """`jupyter-book build` of the repository root (execution off); return index.html."""
+def build(profile: str | None = None) -> Path:
+    """`jupyter-book build` of the repository root (execution off); return index.html.
+
+    With `profile`, the book of that profile: its freshly executed notebooks if
+    book/_executed holds them, else its published ones (book/published/<profile>/)."""
+    if profile is not None and _executed_profile() != profile:
+        _restore_published(profile)
+    offline_assets()
     missing = [e["file"] for e in _toc_chapters() if not (REPO_ROOT / f"{e['file']}.ipynb").exists() and not (REPO_ROOT / f"{e['file']}.md").exists()]
     if missing or not (EXECUTED / "build_info.md").exists():
         raise ConfigError(
@@ -320,7 +412,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--runs-dir", help="where run directories go (default: runs/<profile>)")
         p.add_argument("--progress", action="store_true", help="show training progress bars in the executed notebooks")
         p.add_argument("--jobs", type=int, default=1, help="notebooks executed at once (default 1: one after another)")
-    sub.add_parser("build", help="build the HTML book from book/_executed")
+    p = sub.add_parser("build", help="build the HTML book from book/_executed (or a published profile)")
+    p.add_argument("--profile", help="build this profile's book (its published notebooks if not executed here)")
     p = sub.add_parser("reference", help="refresh the stored outputs of notebooks/ (nbval reference)")
     p.add_argument("--only", nargs="+")
     sub.add_parser("profiles", help="list profiles")
@@ -333,10 +426,10 @@ def main(argv: list[str] | None = None) -> int:
             if failures:
                 return 1
             if args.cmd == "all":
-                build()
+                build(args.profile)
             print(f"[cooplib.book] total {time.perf_counter() - t0:.1f} s")
         elif args.cmd == "build":
-            build()
+            build(args.profile)
         elif args.cmd == "reference":
             reference(args.only)
         else:

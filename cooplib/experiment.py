@@ -16,16 +16,29 @@ from . import cluster as cluster_mod
 from . import data as datasets
 from . import methods, runs
 from .config import RunConfig
-from .errors import RunDirError, SweepError
+from .errors import ConfigError, RunDirError, SweepError
 from .train import RunResult, fit
 
 
-def runs_root(out_dir: str | Path | None = None) -> Path:
-    """Where run directories go: `out_dir`, else $COOPLIB_RUNS_DIR, else ./runs."""
+def runs_root(out_dir: str | Path | None = None, profile: str | None = None) -> Path:
+    """Where run directories go: `out_dir`, else $COOPLIB_RUNS_DIR, else the profile's
+    run root (``runs/<profile>`` of the project, see `cooplib.book.runs_dir_for`), else ./runs.
+
+    A notebook passes its `profile`, so JupyterLab, papermill and `cooplib.book` all find
+    the same runs whatever folder they start in, and complete runs are reused."""
     if out_dir is not None:
         return Path(out_dir).expanduser().resolve()
     env = os.environ.get("COOPLIB_RUNS_DIR")
-    return Path(env).expanduser().resolve() if env else Path.cwd().resolve() / "runs"
+    if env:
+        return Path(env).expanduser().resolve()
+    if profile is not None:
+        from . import book
+
+        try:
+            return book.runs_dir_for(book.load_profile(profile))
+        except ConfigError:  # cooplib installed without its notebooks/profiles
+            return Path.cwd().resolve() / "runs" / profile
+    return Path.cwd().resolve() / "runs"
 
 
 def load_data(config: RunConfig) -> datasets.ImageData:

@@ -1,4 +1,9 @@
-"""Seaborn figures shared by the notebooks; every figure is drawn from run files."""
+"""Seaborn figures shared by the notebooks; every figure is drawn from run files.
+
+Figures are sized for the book's text column (`PAGE_WIDTH` inches at 100 dpi, so they
+are shown at their own size, text readable); legends list only what is drawn, and
+facet and legend titles use readable names, not column keys.
+"""
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
@@ -7,27 +12,44 @@ import seaborn as sns
 
 from .runs import long_metrics
 
+PAGE_WIDTH = 7.4  # inches: at 100 dpi the figure fits the book's ~760 px text column
+DPI = 100
+
+
+def _style() -> None:
+    sns.set_theme(style="whitegrid", context="notebook", font_scale=0.85,
+                  rc={"figure.dpi": DPI, "savefig.dpi": DPI, "legend.frameon": False})
+
+
+def readable(name: str) -> str:
+    """A column key as a reader's label: `method_args.peers` -> `peers`."""
+    return str(name).removeprefix("method_args.").removeprefix("dataset_args.").replace("_", " ")
+
+
+def _drawn(df: pd.DataFrame, value: str) -> pd.DataFrame:
+    """Rows with a value, so legends never list a head without data."""
+    return df.dropna(subset=[value])
+
 
 def training_curves(metrics: pd.DataFrame, heads: list[str] | None = None, hue: str = "head", title: str | None = None):
-    """Train loss, test top-1 and test top-5 against epoch (mean and band over seeds).
+    """Training loss and test top-1 against epoch (mean and band: sd over seeds).
 
     `metrics` is `runs.load_metrics(...)`; `heads` selects heads (default: all);
-    `hue` is the column that tells lines apart ("head", "method", ...).
+    `hue` is the column that tells lines apart ("head", "label", ...).
     """
     if metrics.empty:
         raise ValueError("no epoch records to plot: did the runs train at least one epoch?")
-    sns.set_theme(style="whitegrid", context="notebook")
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4), constrained_layout=True)
+    _style()
+    fig, axes = plt.subplots(1, 2, figsize=(PAGE_WIDTH, 3.3), constrained_layout=True)
     loss_hue = hue if hue != "head" and hue in metrics.columns else None
     sns.lineplot(data=metrics, x="epoch", y="train/loss", hue=loss_hue, ax=axes[0], errorbar="sd", legend=False)
     axes[0].set(title="training loss (all terms)", ylabel="loss", yscale="log")
-    for ax, stat in zip(axes[1:], ("top1", "top5")):
-        df = long_metrics(metrics, "test", stat)
-        if heads is not None:
-            df = df[df["head"].isin(heads)]
-        sns.lineplot(data=df, x="epoch", y=stat, hue=hue, ax=ax, errorbar="sd", legend=ax is axes[-1])
-        ax.set(title=f"test top-{stat[-1]} accuracy", ylabel="%")
-    sns.move_legend(axes[-1], "upper left", bbox_to_anchor=(1.02, 1), frameon=False)
+    df = long_metrics(metrics, "test", "top1")
+    if heads is not None:
+        df = df[df["head"].isin(heads)]
+    sns.lineplot(data=_drawn(df, "top1"), x="epoch", y="top1", hue=hue, ax=axes[1], errorbar="sd")
+    axes[1].set(title="test top-1 accuracy", ylabel="%")
+    axes[1].legend(title=readable(hue), fontsize="small")
     if title:
         fig.suptitle(title)
     return fig
@@ -35,7 +57,8 @@ def training_curves(metrics: pd.DataFrame, heads: list[str] | None = None, hue: 
 
 def learning_rate(metrics: pd.DataFrame):
     """The learning rate the optimizer applied in each epoch (as logged from it)."""
-    fig, ax = plt.subplots(figsize=(5, 3), constrained_layout=True)
+    _style()
+    fig, ax = plt.subplots(figsize=(PAGE_WIDTH * 0.6, 2.8), constrained_layout=True)
     sns.lineplot(data=metrics, x="epoch", y="lr", hue="run", ax=ax, legend=False)
     ax.set(yscale="log", title="learning rate applied", ylabel="lr")
     return fig
@@ -49,15 +72,22 @@ def head_curves(metrics: pd.DataFrame, heads: list[str] | None = None, col: str 
     `style` separates variants within a facet (e.g. `method_args.mutual`); bands are
     the standard deviation over seeds.
     """
-    df = long_metrics(metrics, split, stat)
+    df = _drawn(long_metrics(metrics, split, stat), stat)
     if heads is not None:
         df = df[df["head"].isin(heads)]
     if df.empty:
         raise ValueError(f"no {split}/<head>/{stat} columns for heads {heads}")
-    sns.set_theme(style="whitegrid", context="notebook")
-    grid = sns.relplot(data=df, x="epoch", y=stat, hue="head", col=col, style=style, style_order=style_order, kind="line",
-                       errorbar="sd", height=3.6, aspect=1.2, facet_kws={"sharey": True})
+    _style()
+    renamed = {c: readable(c) for c in (col, style) if c}
+    df = df.rename(columns=renamed)
+    col, style = renamed.get(col, col), renamed.get(style, style)
+    ncols = min(2, df[col].nunique()) if col else 1
+    grid = sns.relplot(data=df, x="epoch", y=stat, hue="head", col=col, col_wrap=ncols if col else None, style=style,
+                       style_order=style_order, kind="line", errorbar="sd", height=(PAGE_WIDTH - 1.4) / ncols / 1.3,
+                       aspect=1.3, facet_kws={"sharey": True})
     grid.set_ylabels(f"{split} top-{stat[-1]} %" if stat.startswith("top") else stat)
+    if col:
+        grid.set_titles("{col_var} = {col_name}")
     if title:
         grid.figure.suptitle(title, y=1.03)
     return grid.figure
@@ -68,8 +98,8 @@ def perturbation(curves: pd.DataFrame, title: str | None = None, x_label: str = 
 
     One thin line per random direction and a bold line for their mean, per solution.
     """
-    sns.set_theme(style="whitegrid", context="notebook")
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4), constrained_layout=True)
+    _style()
+    fig, axes = plt.subplots(1, 2, figsize=(PAGE_WIDTH, 3.3), constrained_layout=True)
     palette = dict(zip(curves["solution"].unique(), sns.color_palette(n_colors=curves["solution"].nunique())))
     for ax, (col, label) in zip(axes, (("train_ce", "train cross-entropy"), ("test_error", "test error %"))):
         for solution, g in curves.groupby("solution", sort=False):
@@ -89,9 +119,10 @@ def cka_heatmaps(matrices: dict, title: str | None = None, vmin: float = 0.0, vm
     import math
 
     n = len(matrices)
-    cols = min(4, n)
+    cols = min(3, n)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.9 * rows), constrained_layout=True, squeeze=False)
+    _style()
+    fig, axes = plt.subplots(rows, cols, figsize=(PAGE_WIDTH, 2.5 * rows), constrained_layout=True, squeeze=False)
     for ax, (name, m) in zip(axes.flat, matrices.items()):
         sns.heatmap(m.astype(float), ax=ax, vmin=vmin, vmax=vmax, cmap="viridis", annot=True, fmt=".2f", cbar=False,
                     annot_kws={"size": 7})
@@ -106,8 +137,9 @@ def cka_heatmaps(matrices: dict, title: str | None = None, vmin: float = 0.0, vm
 def spectra(frame: pd.DataFrame, title: str | None = None, k: int = 20):
     """PCA explained-variance ratio (log scale) of the first `k` components per network,
     one panel per stage; `frame` has columns stage, network, component, ratio."""
+    _style()
     g = sns.relplot(data=frame[frame["component"] <= k], x="component", y="ratio", hue="network", col="stage",
-                    kind="line", height=2.8, aspect=1.0, facet_kws={"sharey": False})
+                    col_wrap=2, kind="line", height=2.4, aspect=1.25, facet_kws={"sharey": False})
     g.set(yscale="log")
     if title:
         g.figure.suptitle(title, y=1.04)
