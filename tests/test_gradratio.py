@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from cooplib.gradratio import GradientRatio, per_tensor_param_groups
+from cooplib.methods.base import TrainState
 
 
 def tiny() -> nn.Sequential:
@@ -80,3 +81,101 @@ def test_needs_one_tensor_per_group():
     model = tiny()
     with pytest.raises(ValueError, match="per_tensor_param_groups"):
         GradientRatio(torch.optim.SGD(model.parameters(), lr=0.1), model[-1].parameters())
+
+
+# ---------------------------------------------------------------- stability options
+
+
+def _one():
+    from cooplib.methods.one import build_one
+
+    torch.manual_seed(0)
+    return build_one("resnet8", 5, 3, branches=3)
+
+
+def test_the_gate_bias_before_batchnorm_has_no_gradient_and_is_excluded():
+    from cooplib.gradratio import exclusions
+
+    learner = _one().train()
+    heads = learner(torch.randn(16, 3, 8, 8))
+    learner.loss(heads, torch.randint(0, 5, (16,)), TrainState(0, 1, 0, 1))[0].backward()
+    bias, weight = learner.net.gate_fc.bias, learner.net.gate_fc.weight
+    # the BN subtracts the batch mean: the bias gradient is rounding noise, the weight's is not
+    assert float(bias.grad.abs().max()) < 1e-5 * float(weight.grad.abs().max())
+    assert exclusions(learner, "none") == []
+    pre = exclusions(learner, "pre_bn")
+    assert len(pre) == 1 and pre[0] is bias
+    bns = [m for m in learner.modules() if isinstance(m, nn.modules.batchnorm._NormBase)]
+    both = exclusions(learner, "pre_bn+bn")
+    assert len(both) == 1 + 2 * len(bns) and both[0] is bias
+    assert {id(p) for p in both[1:]} == {id(p) for m in bns for p in (m.weight, m.bias)}
+    with pytest.raises(ValueError, match="exclude"):
+        exclusions(learner, "bn")
+
+
+def test_excluded_tensors_keep_the_schedule_lr_and_are_not_counted():
+    learner = _one().train()
+    opt = torch.optim.SGD(per_tensor_param_groups(learner.parameters(), 0.1), lr=0.1, momentum=0.9)
+    plain = GradientRatio(opt, learner.last_layer_parameters())
+    stable = GradientRatio.for_learner(opt, learner, exclude="pre_bn")
+
+    heads = learner(torch.randn(16, 3, 8, 8))
+    learner.loss(heads, torch.randint(0, 5, (16,)), TrainState(0, 1, 0, 1))[0].backward()
+    index = [id(g["params"][0]) for g in opt.param_groups].index(id(learner.net.gate_fc.bias))
+    plain.update(0.5)
+    assert plain.last_ratios()[index] == 20.0  # what the issue measured: noise hits the cap
+    stable.update(0.5)
+    r = stable.last_ratios()
+    assert r[index] == 1.0 and opt.param_groups[index]["lr"] == 0.1 * 0.5
+    # every other tensor gets exactly what the plain scheduler gives it
+    assert [x for i, x in enumerate(r) if i != index] == [x for i, x in enumerate(plain.last_ratios()) if i != index]
+    assert stable.bound_counts()[index] == (0, 0, 0) and plain.bound_counts()[index] == (0, 1, 1)
+    assert stable.epoch_stats()["gradratio/excluded"] == 1.0
+    with pytest.raises(ValueError, match="not in the optimizer"):
+        GradientRatio(opt, learner.last_layer_parameters(), exclude=[nn.Parameter(torch.ones(1))])
+
+
+def _fixed_grads(model: nn.Sequential, scales: list[float]) -> None:
+    """Gradient of every tensor = scale * ones (so mean |g| = scale)."""
+    for p, s in zip(model.parameters(), scales):
+        p.grad = torch.full_like(p, s)
+
+
+def test_ema_smooths_the_log_ratio_and_clip_statistics_count_steps_at_a_bound():
+    model = tiny()  # 6 tensors; the last two are the last layer
+    opt = torch.optim.SGD(per_tensor_param_groups(model.parameters(), 1.0), lr=1.0)
+    ratio = GradientRatio(opt, model[-1].parameters(), clip=(0.1, 20.0), ema=0.5)
+    # step 1: last layer mean |g| = 1; tensor 0 ratio 4, tensor 1 ratio 100 (clipped), tensor 2 ratio 1/50
+    _fixed_grads(model, [0.25, 0.01, 50.0, 1.0, 1.0, 1.0])
+    ratio.update(1.0)
+    r1 = ratio.last_ratios()
+    assert r1[0] == pytest.approx(4.0) and r1[1] == 20.0 and r1[2] == 0.1  # the first step starts the average
+    # step 2: tensor 0 ratio 1/4 -> geometric mean of 4 and 1/4 = 1; tensor 1 ratio 1 -> sqrt(100) = 10
+    _fixed_grads(model, [4.0, 1.0, 50.0, 1.0, 1.0, 1.0])
+    ratio.update(1.0)
+    r2 = ratio.last_ratios()
+    assert r2[0] == pytest.approx(1.0, rel=1e-5) and r2[1] == pytest.approx(10.0, rel=1e-5) and r2[2] == 0.1
+    assert ratio.bound_counts()[:3] == [(0, 0, 2), (0, 1, 2), (2, 0, 2)]
+    stats = ratio.last_lrs()  # what the loop records once per epoch
+    assert stats["gradratio/at_hi"] == pytest.approx(100.0 * 1 / 12)
+    assert stats["gradratio/at_lo"] == pytest.approx(100.0 * 2 / 12)
+    assert stats["gradratio/worst_at_bound"] == 100.0 and stats["gradratio/excluded"] == 0.0
+    assert ratio.bound_counts()[1] == (0, 0, 0)  # restarted for the next epoch
+    # without ema the same steps give the raw ratio
+    raw = GradientRatio(opt, model[-1].parameters())
+    raw.update(1.0)
+    assert raw.last_ratios()[0] == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="ema"):
+        GradientRatio(opt, model[-1].parameters(), ema=1.0)
+
+
+def test_ema_keeps_the_average_of_a_tensor_without_gradient():
+    model = tiny()
+    opt = torch.optim.SGD(per_tensor_param_groups(model.parameters(), 1.0), lr=1.0)
+    ratio = GradientRatio(opt, model[-1].parameters(), ema=0.9)
+    _fixed_grads(model, [0.5, 1.0, 1.0, 1.0, 1.0, 1.0])
+    ratio.update(1.0)
+    model[0].weight.grad = None  # unused this step
+    ratio.update(1.0)
+    assert ratio.last_ratios()[0] == pytest.approx(2.0)
+    assert ratio.bound_counts()[0] == (0, 0, 1)
