@@ -9,12 +9,15 @@ compared. This module measures the width itself, per direction:
   draws as `perturbation_curves` with the same seed), the train cross-entropy c(d) at
   theta + d v is evaluated at d_start, growth * d_start, growth^2 * d_start, ... until it
   reaches the target c(0) + ``rise`` nats, or until ``d_max`` (evaluated itself) without
-  reaching it. A found crossing is then bracketed by bisection, [low, high] with
-  c(low) < target <= c(high) and high - low <= rtol * high, and the width is the linear
-  interpolation between the two (so it lies in the bracket). A direction that never
+  reaching it; when c(d_start) is already above the target, d is divided by ``growth``
+  instead until it is below. Every direction after the first starts at the previous
+  direction's width (``warm_start``), which saves most of the doubling. The crossing is
+  then bracketed by bisection, [low, high] with c(low) < target <= c(high) and
+  high - low <= rtol * high, and the width is the linear interpolation between the two
+  (so it lies in the bracket). A direction that never
   reaches the target is reported as "beyond d_max", with d_max stated, never as a number.
   The search finds *a* crossing: when c rises and falls between two evaluated points,
-  the reported one need not be the first.
+  the reported one need not be the first (nor the same from another start).
 - **several directions per solution and several training seeds** (`widths_for_runs`):
   one row per (solution, training seed, direction), with the unperturbed train CE, train
   error, test CE and test error (d = 0) of that solution beside its width, so that
@@ -81,6 +84,7 @@ def crossing_widths(
     d_max: float | None = None,
     growth: float = 2.0,
     rtol: float = 0.02,
+    warm_start: bool = True,
     target: float | None = None,
     head: str | None = None,
     max_batches: int | None = None,
@@ -125,6 +129,7 @@ def crossing_widths(
     origin = [p.detach().clone() for p in params]
     modes = [(m, m.training) for m in module.modules()]
     rows: list[dict] = []
+    previous: float | None = None
     bar = perturb._progress(int(directions), progress)
     try:
         at_zero = perturb._metrics(model, train, test, device, amp_dtype)
@@ -143,7 +148,10 @@ def crossing_widths(
                 finally:
                     perturb._set_weights(params, origin)
 
-            width, low, high, beyond = _search(c, c0, level, d_start, d_max, growth, rtol)
+            start = previous if warm_start and previous is not None else d_start
+            width, low, high, beyond = _search(c, c0, level, start, d_max, growth, rtol)
+            if math.isfinite(width) and width > 0:
+                previous = width
             rows.append({"direction": i, "direction_seed": int(seed), "width": width, "low": low, "high": high,
                          "beyond": beyond, "d_max": d_max, "target": level, "evaluations": evaluations,
                          "train_ce0": c0, "train_error0": at_zero["train_error"], "test_ce0": at_zero["test_ce"],
@@ -163,24 +171,38 @@ def _search(c, c0: float, level: float, d_start: float, d_max: float, growth: fl
     """(width, low, high, beyond) of the curve ``c`` (c(0) = c0) against ``level``."""
     if c0 >= level:  # an absolute target the unperturbed solution already reaches
         return 0.0, 0.0, 0.0, False
+    def above(value: float) -> bool:
+        return not math.isfinite(value) or value >= level  # an overflowing loss is above any level
+
     lo, c_lo = 0.0, c0
-    d = d_start
-    while True:
-        d = min(d, d_max)
-        cd = c(d)
-        if not math.isfinite(cd) or cd >= level:  # an overflowing loss is above any level
+    d = min(d_start, d_max)
+    cd = c(d)
+    if above(cd):  # down by `growth` until below the level (or give up: the bracket starts at 0)
+        hi, c_hi = d, cd
+        for _ in range(_MAX_BISECTIONS):
+            d /= growth
+            cd = c(d)
+            if not above(cd):
+                lo, c_lo = d, cd
+                break
             hi, c_hi = d, cd
-            break
+    else:  # up by `growth` until above the level, or d_max evaluated without reaching it
         lo, c_lo = d, cd
-        if d >= d_max:
-            return math.inf, d_max, math.inf, True
-        d *= growth
+        while True:
+            if d >= d_max:
+                return math.inf, d_max, math.inf, True
+            d = min(d * growth, d_max)
+            cd = c(d)
+            if above(cd):
+                hi, c_hi = d, cd
+                break
+            lo, c_lo = d, cd
     for _ in range(_MAX_BISECTIONS):  # a jump of c at d -> 0 would shrink hi forever
         if hi - lo <= rtol * hi:
             break
         mid = 0.5 * (lo + hi)
         cm = c(mid)
-        if not math.isfinite(cm) or cm >= level:
+        if above(cm):
             hi, c_hi = mid, cm
         else:
             lo, c_lo = mid, cm

@@ -49,8 +49,10 @@ def test_search_reports_beyond_d_max_and_evaluates_d_max_itself():
 
 
 def test_search_handles_a_crossing_below_d_start_a_jump_and_overflow():
-    width, low, high, _ = _search(lambda d: 10 * d, 0.0, 1.0, d_start=1.0, d_max=10.0, growth=2.0, rtol=0.01)
+    c, calls = counting(lambda d: 10 * d)
+    width, low, high, _ = _search(c, 0.0, 1.0, d_start=1.0, d_max=10.0, growth=2.0, rtol=0.01)
     assert low < 0.1 <= high and width == pytest.approx(0.1, rel=0.01)
+    assert calls[:5] == [1.0, 0.5, 0.25, 0.125, 0.0625]  # down by `growth` until below the level
     # c jumps at every d > 0: the search ends (bounded bisection) with a tiny width
     width, low, high, beyond = _search(lambda d: 5.0 if d > 0 else 0.0, 0.0, 1.0, 1.0, 10.0, 2.0, 0.01)
     assert not beyond and 0 <= low < high < 1e-12 and low <= width <= high
@@ -85,7 +87,7 @@ def test_closed_form_one_parameter_model_both_signs():
 
     model = Scalar(0.7)
     out = flatness.crossing_widths(model, batches, batches, rise=1.0, directions=6, seed=0, normalize="unit",
-                                   d_start=0.5, d_max=5.0, rtol=0.001, progress=False)
+                                   d_start=0.5, d_max=5.0, rtol=0.001, warm_start=False, progress=False)
     gen = torch.Generator().manual_seed(0)
     signs = [float(perturb.random_direction(model, gen)[0]) for _ in range(6)]
     assert {round(s) for s in signs} == {-1, 1}  # seed 0 draws both signs
@@ -97,9 +99,16 @@ def test_closed_form_one_parameter_model_both_signs():
         if s > 0:  # the loss only falls: beyond d_max, after exactly 0.5, 1, 2, 4, 5
             assert row.beyond and math.isinf(row.width) and row.evaluations == 5 and row.low == 5.0
         else:
-            assert not row.beyond and row.low < true <= row.high
+            assert not row.beyond and row.low - 1e-6 < true <= row.high + 1e-6  # float32 model
             assert row.width == pytest.approx(true, abs=row.high - row.low)
     assert torch.equal(model.w.data, torch.tensor(0.7))
+    # warm start: each direction starts at the last finite width; same crossings, fewer evaluations
+    warm = flatness.crossing_widths(model, batches, batches, rise=1.0, directions=6, seed=0, normalize="unit",
+                                    d_start=0.5, d_max=5.0, rtol=0.001, progress=False)
+    assert warm.beyond.tolist() == out.beyond.tolist()
+    for a, b in zip(warm[~warm.beyond].itertuples(), out[~out.beyond].itertuples()):
+        assert a.low - 1e-6 < true <= a.high + 1e-6 and a.width == pytest.approx(b.width, abs=max(a.high - a.low, b.high - b.low))
+    assert warm.evaluations.sum() < out.evaluations.sum()
 
 
 @pytest.fixture
