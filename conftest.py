@@ -8,3 +8,4 @@ import tempfile
 
 os.environ["COOPLIB_RUNS_DIR"] = tempfile.mkdtemp(prefix="cooplib-test-runs-")
 os.environ["COOPLIB_PROGRESS"] = "0"
+os.environ["COOPLIB_STATIC"] = "1"  # explorers draw their static view under nbval

@@ -299,7 +299,7 @@ def _executed_profile() -> str | None:
     return None
 
 
-def offline_assets() -> Path:
+def offline_assets(root: Path = REPO_ROOT) -> Path:
     """MathJax from the `jupyter-server-mathjax` package into book/_assets/mathjax, so the
     book renders its formulas with no network (the default loads them from a CDN)."""
     import shutil
@@ -307,10 +307,19 @@ def offline_assets() -> Path:
     import jupyter_server_mathjax
 
     source = Path(jupyter_server_mathjax.__file__).parent / "static"
-    target = STATIC / "mathjax"
+    target = root / "book" / "_assets" / "mathjax"
     if not (target / "MathJax.js").exists():
         shutil.copytree(source, target, dirs_exist_ok=True)
     return target
+
+
+def jupyter_book(root: Path = REPO_ROOT) -> Path:
+    """`jupyter-book build` of a book tree (execution off, MathJax local); its index.html."""
+    offline_assets(root)
+    exe = Path(sys.executable).parent / "jupyter-book"
+    cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(root), "--path-output", str(root)]
+    subprocess.run(cmd, check=True, cwd=root)
+    return root / "_build" / "html" / "index.html"
 
 
 def _shown(path: Path) -> Path:
@@ -365,17 +374,13 @@ def build(profile: str | None = None) -> Path:
     book/_executed holds them, else its published ones (book/published/<profile>/)."""
     if profile is not None and _executed_profile() != profile:
         _restore_published(profile)
-    offline_assets()
     missing = [e["file"] for e in _toc_chapters() if not (REPO_ROOT / f"{e['file']}.ipynb").exists() and not (REPO_ROOT / f"{e['file']}.md").exists()]
     if missing or not (EXECUTED / "build_info.md").exists():
         raise ConfigError(
             f"nothing to build yet ({', '.join(missing) or 'build_info.md'} missing): "
             f"run `python -m cooplib.book run --profile smoke` first (or `make book`)"
         )
-    exe = Path(sys.executable).parent / "jupyter-book"
-    cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(REPO_ROOT), "--path-output", str(REPO_ROOT)]
-    subprocess.run(cmd, check=True, cwd=REPO_ROOT)
-    index = BUILD / "html" / "index.html"
+    index = jupyter_book(REPO_ROOT)
     print(f"[cooplib.book] open {index}")
     return index
 
@@ -396,6 +401,7 @@ def reference(only: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["COOPLIB_RUNS_DIR"] = tmp
         os.environ["COOPLIB_PROGRESS"] = "0"
+        os.environ["COOPLIB_STATIC"] = "1"
         for nb in names:
             path = NOTEBOOKS / f"{nb}.ipynb"
             print(f"[cooplib.book] reference outputs for {path.relative_to(REPO_ROOT)}", flush=True)

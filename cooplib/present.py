@@ -110,3 +110,15 @@ def provenance(profile: str) -> Prose:
     return Prose(f"*Numbers on this page: profile **`{profile}`** (`notebooks/profiles/{profile}.yml`), "
                  f"cooplib commit `{_commit()}`, torch {torch.__version__}, {machine()}, "
                  f"executed {time.strftime('%Y-%m-%d')}.*")
+
+
+def profile_note(profile: str) -> Prose:
+    """What the profile's numbers can and cannot show, from its own description."""
+    from . import book
+    from .errors import ConfigError
+
+    try:
+        description = " ".join(str(book.load_profile(profile).get("description", "")).split())
+    except ConfigError:
+        description = ""
+    return Prose(f"These numbers come from the **`{profile}`** profile" + (f": {description}" if description else "."))

@@ -1,0 +1,103 @@
+"""Explore a chapter's runs: pick variants, heads and seeds; curves and a table follow.
+
+In JupyterLab `explorer(finals, metrics)` is a small ipywidgets panel. In the HTML book
+(and wherever no kernel can answer a widget: papermill, nbval, `COOPLIB_STATIC=1`) the
+same call draws its static view: every variant and head, all seeds, which is what the
+panel shows before anything is picked.
+"""
+from __future__ import annotations
+
+import os
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+
+from . import plots, present
+from .runs import long_metrics
+
+STATS = {"test top-1 %": ("test", "top1"), "test loss": ("test", "loss"), "train top-1 %": ("train", "top1")}
+
+
+def _long(metrics: pd.DataFrame, by: str, split: str, stat: str) -> pd.DataFrame:
+    df = long_metrics(metrics, split, stat).dropna(subset=[stat])
+    return df[[by, "seed", "head", "epoch", stat]]
+
+
+def curves(metrics: pd.DataFrame, by: str = "label", variants=None, heads=None, seeds=None,
+           stat: str = "test top-1 %"):
+    """One line per (variant, head): mean over the chosen seeds, band = sd."""
+    split, key = STATS[stat]
+    df = _long(metrics, by, split, key)
+    for column, chosen in ((by, variants), ("head", heads), ("seed", seeds)):
+        if chosen:
+            df = df[df[column].isin(list(chosen))]
+    if df.empty:
+        raise ValueError("nothing to draw for this choice of variants, heads and seeds")
+    df = df.assign(line=df[by].astype(str) + " · " + df["head"])
+    plots._style()
+    fig, ax = plt.subplots(figsize=(plots.PAGE_WIDTH, 3.6), constrained_layout=True)
+    sns.lineplot(data=df, x="epoch", y=key, hue="line", ax=ax, errorbar="sd")
+    ax.set(ylabel=stat, title=f"{stat} per epoch (mean ± sd over seeds {sorted(df['seed'].unique())})")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize="small")
+    return fig
+
+
+def last_epoch_table(metrics: pd.DataFrame, by: str = "label", variants=None, heads=None, seeds=None,
+                     stat: str = "test top-1 %") -> pd.DataFrame:
+    """The chosen statistic at each run's last epoch: mean ± sd over the chosen seeds."""
+    from .report import mean_std
+
+    split, key = STATS[stat]
+    df = _long(metrics, by, split, key)
+    df = df[df["epoch"] == df.groupby([by, "seed"])["epoch"].transform("max")]
+    for column, chosen in ((by, variants), ("head", heads), ("seed", seeds)):
+        if chosen:
+            df = df[df[column].isin(list(chosen))]
+    return (df.groupby([by, "head"], sort=False)
+              .agg(**{f"{stat} (last epoch)": (key, mean_std), "seeds": ("seed", lambda s: sorted(set(s)))})
+              .reset_index())
+
+
+def static() -> bool:
+    return os.environ.get("COOPLIB_STATIC") == "1"
+
+
+def explorer(metrics: pd.DataFrame, by: str = "label", stat: str = "test top-1 %"):
+    """The panel in JupyterLab, the static view elsewhere (see the module doc)."""
+    from IPython.display import display
+
+    variants = list(dict.fromkeys(metrics[by]))
+    heads = sorted(set(long_metrics(metrics, "test", "top1").dropna(subset=["top1"])["head"]))
+    seeds = sorted(set(metrics["seed"]))
+    if static():
+        fig = curves(metrics, by, stat=stat)
+        display(fig)
+        plt.close(fig)
+        return present.table(last_epoch_table(metrics, by, stat=stat))
+
+    import ipywidgets as w
+
+    pick_variants = w.SelectMultiple(options=variants, value=tuple(variants), description="variants", rows=min(8, len(variants)))
+    pick_heads = w.SelectMultiple(options=heads, value=tuple(heads), description="heads", rows=min(8, len(heads)))
+    pick_seeds = w.SelectMultiple(options=seeds, value=tuple(seeds), description="seeds", rows=min(8, len(seeds)))
+    pick_stat = w.Dropdown(options=list(STATS), value=stat, description="statistic")
+    out = w.Output()
+
+    def redraw(*_):
+        out.clear_output(wait=True)
+        with out:
+            choice = dict(variants=pick_variants.value, heads=pick_heads.value, seeds=pick_seeds.value, stat=pick_stat.value)
+            try:
+                fig = curves(metrics, by, **choice)
+            except ValueError as exc:
+                print(exc)
+                return
+            display(fig)
+            plt.close(fig)
+            display(present.table(last_epoch_table(metrics, by, **choice)))
+
+    for widget in (pick_variants, pick_heads, pick_seeds, pick_stat):
+        widget.observe(redraw, names="value")
+    redraw()
+    return w.VBox([w.HBox([pick_variants, pick_heads, pick_seeds]), pick_stat, out])

@@ -1,0 +1,86 @@
+"""The built book as a reader opens it: every page in headless Chromium, from file://.
+
+Two books: the smoke book (built from the stored outputs of notebooks/, which are the
+smoke profile's executions that nbval checks) and the published real-data book
+(book/published/<profile>/). Skipped where no Chromium is installed (.ci/run installs
+Debian's `chromium`).
+"""
+import shutil
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from cooplib import book, bookcheck
+
+pytestmark = pytest.mark.skipif(bookcheck.find_browser() is None,
+                                reason="no Chromium installed (Debian: apt install chromium)")
+
+ROOT = book.REPO_ROOT
+
+
+def _book_tree(tmp_path: Path, executed: list[Path], info: str) -> Path:
+    """A copy of the book's sources with `executed` as its chapters; returns the tree."""
+    tree = tmp_path / "book-tree"
+    (tree / "book" / "_executed").mkdir(parents=True)
+    for name in ("_config.yml", "_toc.yml"):
+        shutil.copy2(ROOT / name, tree / name)
+    for md in (ROOT / "book").glob("*.md"):
+        shutil.copy2(md, tree / "book" / md.name)
+    shutil.copytree(ROOT / "book" / "_assets", tree / "book" / "_assets", ignore=shutil.ignore_patterns("mathjax"))
+    for nb in executed:
+        target = tree / "book" / "_executed" / nb.name
+        shutil.copy2(nb, target)
+        book.collapse_code(target)
+    (tree / "book" / "_executed" / "build_info.md").write_text(info)
+    return tree
+
+
+def _assert_clean(html: Path, forbidden: tuple[str, ...]) -> None:
+    report = bookcheck.check(html, forbidden=forbidden)
+    chapters = [p for p in report if "_executed" in p]
+    assert len(chapters) == len(list(ROOT.glob("notebooks/*.ipynb"))), report.keys()
+    bad = {page: problems for page, problems in report.items() if problems}
+    assert not bad, "\n".join(f"{page}: {problems}" for page, problems in bad.items())
+
+
+def test_smoke_book_reads_clean_in_chromium(tmp_path):
+    tree = _book_tree(tmp_path, sorted((ROOT / "notebooks").glob("*.ipynb")), "the smoke profile (test build)")
+    index = book.jupyter_book(tree)
+    _assert_clean(index.parent, forbidden=(str(ROOT), str(tree)))
+
+
+def test_published_book_reads_clean_in_chromium(tmp_path):
+    published = [p for p in sorted(book.PUBLISHED.glob("*")) if (p / "build_info.md").exists()]
+    assert published, f"no published book in {book.PUBLISHED}"
+    for source in published:
+        notebooks = sorted(source.glob("*.ipynb"))
+        for nb in notebooks:  # every chapter really comes from the published profile
+            assert nbformat.read(nb, as_version=4).metadata["papermill"]["parameters"]["profile"] == source.name
+        tree = _book_tree(tmp_path / source.name, notebooks, (source / "build_info.md").read_text())
+        index = book.jupyter_book(tree)
+        _assert_clean(index.parent, forbidden=(str(ROOT), str(tree)))
+
+
+def test_checker_catches_what_a_reader_would_trip_on(tmp_path):
+    """A page with each defect is reported, a clean one is not (the checker can fail)."""
+    clean = tmp_path / "clean.html"
+    clean.write_text("<html><body><article><p>All good: 3 of 4.</p></article></body></html>")
+    bad = tmp_path / "bad.html"
+    png = tmp_path / "wide.png"
+    from PIL import Image
+
+    Image.new("RGB", (1600, 100), "white").save(png)
+    bad.write_text(f"""<html><head><script src="https://cdn.example.invalid/x.js"></script></head><body>
+      <article style="width:700px"><p>Gain of {{gain:.2f}} points</p>
+      <div class="cell_output"><img src="{png.name}"></div><img src="missing.png">
+      <div class="output stderr"><pre>Warning: something</pre></div>
+      <div class="cell_output"><pre>label  runs  seeds
+baseline  2  [0, 1]
+ONE-3  2  [0, 1]</pre></div><p>/secret/build/path</p></article></body></html>""")
+    report = bookcheck.check(tmp_path, forbidden=("/secret/build/path",))
+    assert report["clean.html"] == []
+    found = " | ".join(report["bad.html"])
+    for expected in ("literal placeholder {gain:.2f}", "figure 1600 px wide", "missing image missing.png",
+                     "stderr", "table printed as text", "network request", "contains '/secret/build/path'"):
+        assert expected in found, (expected, found)
