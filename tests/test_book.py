@@ -88,3 +88,100 @@ def test_a_failing_notebook_does_not_stop_the_batch(tmp_path, monkeypatch, capsy
     assert re.search(r"baseline\s+In \[\d+\]: SweepError: .*unknown dataset 'nosuch'", out)
     assert re.search(r"dml\s+In \[\d+\]: SweepError: .*unknown dataset 'nosuch2'", out)
     assert sorted(p.name for p in (tmp_path / "executed").glob("*.ipynb")) == ["baseline.ipynb", "dml.ipynb"]
+
+
+def test_runs_root_is_the_profiles_whatever_the_working_folder(tmp_path, monkeypatch):
+    """JupyterLab (cwd notebooks/), papermill elsewhere and cooplib.book find the same runs."""
+    from cooplib import experiment
+
+    monkeypatch.delenv("COOPLIB_RUNS_DIR", raising=False)
+    expected = book.runs_dir_for(book.load_profile("smoke"))
+    for folder in (book.NOTEBOOKS, tmp_path):
+        monkeypatch.chdir(folder)
+        assert experiment.runs_root(None, "smoke") == expected
+    assert expected == (book.REPO_ROOT / "runs" / "smoke").resolve()
+    assert experiment.runs_root(tmp_path / "x", "smoke") == (tmp_path / "x").resolve()  # an explicit folder wins
+    monkeypatch.setenv("COOPLIB_RUNS_DIR", str(tmp_path / "env"))
+    assert experiment.runs_root(None, "smoke") == (tmp_path / "env").resolve()
+
+
+def test_executed_code_is_collapsed_and_removed_cells_keep_their_tags(tmp_path):
+    import nbformat
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1"), nbformat.v4.new_markdown_cell("text"),
+                                         nbformat.v4.new_code_cell("2", metadata={"tags": ["remove-cell"]})])
+    path = tmp_path / "n.ipynb"
+    nbformat.write(nb, path)
+    book.collapse_code(path)
+    tags = [c.metadata.get("tags") for c in nbformat.read(path, as_version=4).cells]
+    assert tags == [["hide-input"], [], ["remove-cell"]]
+
+
+def test_published_profile_keeps_notebooks_and_records_without_weights(tmp_path, monkeypatch):
+    import nbformat
+
+    for name in ("EXECUTED", "PUBLISHED"):
+        monkeypatch.setattr(book, name, tmp_path / name.lower())
+    book.EXECUTED.mkdir()
+    nb = nbformat.v4.new_notebook(metadata={"papermill": {"parameters": {"profile": "real"}}})
+    nbformat.write(nb, book.EXECUTED / "one.ipynb")
+    (book.EXECUTED / "build_info.md").write_text("built by real")
+    run = tmp_path / "runs" / "one-run"
+    run.mkdir(parents=True)
+    for f in (*book.RECORD_FILES, "model-0003.safetensors", "checkpoint-0003.pt", "commit.json"):
+        (run / f).write_text(f)
+    target = book.publish("real", tmp_path / "runs")
+    assert sorted(p.name for p in (target / "records" / "one-run").iterdir()) == sorted(book.RECORD_FILES)
+    # another profile executed since: the build of "real" restores the published notebooks
+    other = nbformat.v4.new_notebook(metadata={"papermill": {"parameters": {"profile": "smoke"}}})
+    nbformat.write(other, book.EXECUTED / "one.ipynb")
+    assert book._executed_profile() == "smoke"
+    book._restore_published("real")
+    assert book._executed_profile() == "real" and (book.EXECUTED / "build_info.md").read_text() == "built by real"
+    with pytest.raises(ConfigError, match="no published book"):
+        book._restore_published("nothing")
+
+
+def test_tables_render_as_html_without_index_and_prose_as_markdown():
+    import pandas as pd
+
+    from cooplib import present, report
+
+    frame = pd.DataFrame({"method": ["a", "b"], "top-1 %": [91.25, 90.5]}, index=[7, 9])
+    shown = present.table(frame, caption="mean over seeds")
+    html = shown._repr_html_()
+    assert "<caption>mean over seeds</caption>" in html and ">7<" not in html and ">9<" not in html
+    assert "<th>method</th>" in html and "91.25" in html
+    assert repr(shown) == "mean over seeds\n" + frame.to_string(index=False)
+    v = report.decide([1.0, 2.0, 3.0], "a beats b")
+    assert present.verdicts([v])._repr_markdown_() == f"- {v.sentence}"
+    assert present.prose("One.", "", "Two.")._repr_markdown_() == "One.\n\nTwo."
+
+
+def test_explorer_static_view_and_panel(monkeypatch):
+    """The static view shows every run; the panel's table follows what is picked."""
+    import pandas as pd
+
+    from cooplib import explore
+
+    rows = [{"label": lab, "seed": s, "epoch": e, "test/net/top1": 50 + e + s + (5 if lab == "b" else 0),
+             "test/net/loss": 1.0 / e, "train/net/top1": 60.0 + e}
+            for lab in ("a", "b") for s in (0, 1) for e in (1, 2, 3)]
+    metrics = pd.DataFrame(rows)
+    monkeypatch.setenv("COOPLIB_STATIC", "1")
+    table = explore.explorer(metrics).frame
+    assert list(table["label"]) == ["a", "b"]
+    assert list(table["test top-1 % (last epoch)"]) == [report_mean("53", "54"), report_mean("58", "59")]
+    picked = explore.last_epoch_table(metrics, variants=["b"], seeds=[1])
+    assert list(picked["seeds"]) == [[1]] and picked["test top-1 % (last epoch)"].iloc[0].startswith("59.00")
+    monkeypatch.setenv("COOPLIB_STATIC", "0")
+    panel = explore.explorer(metrics)
+    assert type(panel).__name__ == "VBox"
+
+
+def report_mean(*values):
+    import pandas as pd
+
+    from cooplib.report import mean_std
+
+    return mean_std(pd.Series([float(v) for v in values]))
