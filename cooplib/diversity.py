@@ -88,6 +88,8 @@ def describe(record: dict, old: int) -> dict[str, float]:
     out: dict[str, float] = {"branches": float(m)}
     gates = {int(g.group(1)): record[k] for k in record if (g := _GATE.match(k)) and _notna(record[k])}
     new = [i for i in branches if i >= old]
+    for i in sorted(gates):
+        out[f"gate branch{i}"] = float(gates[i])
     if gates:
         out["gate old"] = float(sum(v for i, v in gates.items() if i < old))
         out["gate new"] = float(sum(v for i, v in gates.items() if i >= old)) if new else np.nan
@@ -141,6 +143,12 @@ def _prefixed(rec: dict) -> dict:
     return {k if k.startswith("test/") else f"test/{k}": v for k, v in rec.items()}
 
 
+def last_epoch(metrics: pd.DataFrame, old: int) -> pd.DataFrame:
+    """``describe`` at each run's last epoch: one row per (label, seed)."""
+    last = metrics.sort_values("epoch").groupby(["label", "seed"], sort=False).tail(1)
+    return pd.DataFrame([{"label": r["label"], "seed": r["seed"], **describe(r, old)} for r in last.to_dict("records")])
+
+
 def summary(metrics: pd.DataFrame, old: int, starts: dict[str, dict] | None = None) -> pd.DataFrame:
     """Per label: ``describe`` at the last epoch, mean over seeds (``seeds`` counts them),
     plus the same quantities at the moment of expansion where ``starts`` has the label."""
@@ -162,40 +170,81 @@ def summary(metrics: pd.DataFrame, old: int, starts: dict[str, dict] | None = No
     return out
 
 
+def _curve(frame: pd.DataFrame, label: str) -> pd.DataFrame:
+    """The label's rows, preceded by the parent's ("before") rows when it continued from
+    it, averaged over seeds per epoch."""
+    g = frame[frame["label"] == label]
+    if (g["phase"] == "after").any():
+        g = pd.concat([frame[frame["phase"] == "before"], g])
+    return g.groupby("epoch").mean(numeric_only=True).sort_index()
+
+
+def _expansion_line(frame: pd.DataFrame, ax) -> None:
+    start = frame.loc[frame["phase"] == "start", "epoch"]
+    if len(start):
+        ax.axvline(float(start.iloc[0]), color="grey", lw=0.8)
+
+
 def plot(frame: pd.DataFrame, labels: list[str] | None = None, title: str = ""):
-    """Per-epoch gate weight of the new branches, disagreement (old pairs dashed, pairs
-    with a new branch solid) and ensemble gain, one colour per arm, mean over seeds;
-    the vertical line marks the expansion. ``frame`` is ``per_epoch``'s output."""
+    """Every arm, mean over seeds: summed gate weight of the new branches, pairwise
+    disagreement (solid: pairs with a new branch, dashed: pairs of old branches) and the
+    ensemble gain; an arm that started from the parent is drawn from the parent's first
+    epoch, the vertical line marks the expansion. ``frame`` is ``per_epoch``'s output."""
     import matplotlib.pyplot as plt
 
-    labels = labels or list(dict.fromkeys(frame["label"]))
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    cmap = plt.get_cmap("tab10")
-    expansion = frame.loc[frame["phase"] == "start", "epoch"]
+    labels = labels or [x for x in dict.fromkeys(frame["label"])]
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    cmap = plt.get_cmap("tab20")
     for k, label in enumerate(labels):
-        g = frame[frame["label"] == label].groupby("epoch").mean(numeric_only=True).sort_index()
-        c = cmap(k % 10)
-        if "gate new" in g:
+        g, c = _curve(frame, label), cmap(k % 20)
+        if "gate new" in g and g["gate new"].notna().any():
             axes[0].plot(g.index, g["gate new"], color=c, marker=".", label=label)
-        if "disagree new-any" in g:
-            axes[1].plot(g.index, g["disagree new-any"], color=c, marker=".", label=label)
+        if "disagree new-any" in g and g["disagree new-any"].notna().any():
+            axes[1].plot(g.index, g["disagree new-any"], color=c, marker=".")
         if "disagree old-old" in g:
-            axes[1].plot(g.index, g["disagree old-old"], color=c, ls="--", alpha=0.6)
+            axes[1].plot(g.index, g["disagree old-old"], color=c, ls="--", alpha=0.7)
         if "ensemble gain" in g:
             axes[2].plot(g.index, g["ensemble gain"], color=c, marker=".", label=label)
-    names = ("summed gate weight of the new branches", "pairwise top-1 disagreement (%)\nsolid: pairs with a new branch, "
-             "dashed: old pairs", "ensemble gain over the best branch (top-1 points)")
+    names = ("summed gate weight of the new branches", "pairwise top-1 disagreement (%)\nsolid: pairs with a new "
+             "branch, dashed: old pairs", "ensemble top-1 minus the best branch (points)")
     for ax, name in zip(axes, names):
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("epoch (from the parent's start)")
-        if len(expansion):
-            ax.axvline(float(expansion.iloc[0]), color="grey", lw=0.8)
+        _expansion_line(frame, ax)
     axes[2].axhline(0, color="black", lw=0.5)
-    axes[0].legend(fontsize=7)
+    axes[2].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     if title:
         fig.suptitle(title)
     fig.tight_layout()
     return fig
 
 
-__all__ = ["branch_sums", "describe", "per_epoch", "summary", "plot", "COLUMNS"]
+def plot_gates(frame: pd.DataFrame, labels: list[str] | None = None, old: int = 3, cols: int = 4, title: str = ""):
+    """One panel per arm: the mean gate weight of every branch per epoch (old branches
+    solid, new ones dashed), mean over seeds; the vertical line marks the expansion."""
+    import matplotlib.pyplot as plt
+
+    labels = labels or list(dict.fromkeys(frame["label"]))
+    rows = -(-len(labels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.8 * rows), sharey=True, squeeze=False)
+    cmap = plt.get_cmap("tab10")
+    for ax, label in zip(axes.flat, labels):
+        g = _curve(frame, label)
+        for c in [c for c in g.columns if c.startswith("gate branch")]:
+            i = int(c[len("gate branch"):])
+            ax.plot(g.index, g[c], color=cmap(i % 10), ls="-" if i < old else "--", marker=".", label=f"branch {i}")
+        _expansion_line(frame, ax)
+        ax.set_title(label, fontsize=9)
+        ax.set_ylim(0, 1)
+    for ax in axes.flat[len(labels):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("mean gate weight")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+__all__ = ["branch_sums", "describe", "per_epoch", "summary", "last_epoch", "plot", "plot_gates", "COLUMNS"]
