@@ -2,8 +2,9 @@
 
 In JupyterLab `explorer(finals, metrics)` is a small ipywidgets panel. In the HTML book
 (and wherever no kernel can answer a widget: papermill, nbval, `COOPLIB_STATIC=1`) the
-same call draws its static view: every variant and head, all seeds, which is what the
-panel shows before anything is picked.
+same call draws its static view: the first selection (every variant and head unless
+the notebook names some), all seeds, which is what the panel shows before anything is
+picked.
 """
 from __future__ import annotations
 
@@ -35,8 +36,9 @@ def curves(metrics: pd.DataFrame, by: str = "label", variants=None, heads=None, 
     if df.empty:
         raise ValueError("nothing to draw for this choice of variants, heads and seeds")
     df = df.assign(line=df[by].astype(str) + " · " + df["head"])
+    legend_rows = -(-df["line"].nunique() // 2)
     plots._style()
-    fig, ax = plt.subplots(figsize=(plots.PAGE_WIDTH, 3.6), constrained_layout=True)
+    fig, ax = plt.subplots(figsize=(plots.PAGE_WIDTH, 3.4 + 0.2 * legend_rows), constrained_layout=True)
     sns.lineplot(data=df, x="epoch", y=key, hue="line", ax=ax, errorbar="sd")
     ax.set(ylabel=stat, title=f"{stat} per epoch (mean ± sd over seeds {sorted(df['seed'].unique())})")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize="small")
@@ -63,23 +65,28 @@ def static() -> bool:
     return os.environ.get("COOPLIB_STATIC") == "1"
 
 
-def explorer(metrics: pd.DataFrame, by: str = "label", stat: str = "test top-1 %"):
-    """The panel in JupyterLab, the static view elsewhere (see the module doc)."""
+def explorer(metrics: pd.DataFrame, by: str = "label", stat: str = "test top-1 %", variants=None, heads=None):
+    """The panel in JupyterLab, the static view elsewhere (see the module doc).
+
+    `variants` and `heads` are the first selection (default: all); the panel offers all."""
     from IPython.display import display
 
-    variants = list(dict.fromkeys(metrics[by]))
-    heads = sorted(set(long_metrics(metrics, "test", "top1").dropna(subset=["top1"])["head"]))
+    all_variants = list(dict.fromkeys(metrics[by]))
+    all_heads = sorted(set(long_metrics(metrics, "test", "top1").dropna(subset=["top1"])["head"]))
     seeds = sorted(set(metrics["seed"]))
+    variants = [v for v in (variants or all_variants) if v in all_variants]
+    heads = [h for h in (heads or all_heads) if h in all_heads]
     if static():
-        fig = curves(metrics, by, stat=stat)
+        fig = curves(metrics, by, variants, heads, stat=stat)
         display(fig)
         plt.close(fig)
-        return present.table(last_epoch_table(metrics, by, stat=stat))
+        return present.table(last_epoch_table(metrics, by, variants, heads, stat=stat))
 
     import ipywidgets as w
 
-    pick_variants = w.SelectMultiple(options=variants, value=tuple(variants), description="variants", rows=min(8, len(variants)))
-    pick_heads = w.SelectMultiple(options=heads, value=tuple(heads), description="heads", rows=min(8, len(heads)))
+    pick_variants = w.SelectMultiple(options=all_variants, value=tuple(variants), description="variants",
+                                     rows=min(8, len(all_variants)))
+    pick_heads = w.SelectMultiple(options=all_heads, value=tuple(heads), description="heads", rows=min(8, len(all_heads)))
     pick_seeds = w.SelectMultiple(options=seeds, value=tuple(seeds), description="seeds", rows=min(8, len(seeds)))
     pick_stat = w.Dropdown(options=list(STATS), value=stat, description="statistic")
     out = w.Output()

@@ -513,7 +513,8 @@ def long_metrics(metrics: pd.DataFrame, split: str = "test", stat: str = "top1")
     """Melt `split/<head>/stat` columns into rows with a `head` column (for plotting)."""
     prefix, suffix = f"{split}/", f"/{stat}"
     cols = [c for c in metrics.columns if c.startswith(prefix) and c.endswith(suffix)]
-    id_cols = [c for c in metrics.columns if c in ("run", "method", "model", "dataset", "seed", "epoch") or c == "label" or c.startswith("method_args.")]
+    # every column that describes the run or the epoch (a notebook may add its own, e.g. "training")
+    id_cols = [c for c in metrics.columns if "/" not in c and c not in ("lr", "seconds", "train_seconds")]
     out = metrics.melt(id_vars=id_cols, value_vars=cols, var_name="head", value_name=stat)
     out["head"] = out["head"].str[len(prefix) : -len(suffix)]
     return out
