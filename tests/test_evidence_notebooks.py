@@ -9,8 +9,6 @@ the stored reference in notebooks/<name>.ipynb.
 
 Runs go to the session's fresh runs folder (conftest.py), so they train for real; nbval,
 which executes the same notebooks later in the session, reuses these complete runs.
-The robustness notebook has one training seed, hence no spread to derive a tolerance
-from: its exact facts are checked by nbval and its statistics by tests/test_perturb.py.
 """
 import json
 
@@ -18,7 +16,7 @@ import pytest
 
 from cooplib import book, report
 
-NOTEBOOKS = ["baseline", "one", "dml", "branch_expansion", "cooperative_depth", "kd_zoo"]
+NOTEBOOKS = ["baseline", "one", "dml", "branch_expansion", "robustness", "cooperative_depth", "kd_zoo"]
 
 
 @pytest.mark.slow
