@@ -177,7 +177,8 @@ def _network_problems(events: list[dict]) -> list[str]:
             urls[params.get("requestId")] = url
             if not url.startswith(("file:", "data:", "about:", "blob:")):
                 problems.append(f"network request (not a local file): {url[:120]}")
-        elif e.get("method") == "Network.loadingFailed" and not params.get("canceled"):
+        elif (e.get("method") == "Network.loadingFailed" and not params.get("canceled")
+              and not urls.get(params.get("requestId"), "").startswith(("about:", "data:"))):
             problems.append(f"asset failed to load: {params.get('errorText')}: {urls.get(params.get('requestId'), '?')[:160]}")
     return problems
 
