@@ -28,7 +28,7 @@ OPTIONAL = frozenset({"data_root", "train_size", "test_size", "init_from", "chan
 
 #: fields added after run directories were first named, with their defaults: hashed
 #: only when set otherwise, so earlier run directories keep their names
-LATER_DEFAULTS = {"sync_bn": None}
+LATER_DEFAULTS = {"sync_bn": None, "grad_ratio_exclude": "none", "grad_ratio_ema": 0.0}
 
 #: fields that do not change what a run computes (ignored when resuming / naming runs)
 COSMETIC = frozenset({"progress", "tensorboard"})
@@ -59,6 +59,8 @@ class RunConfig:
     gamma: float = 0.1
     grad_ratio_lr: bool = False  # per-tensor lr x clip(mean|grad last layer| / mean|grad|) (expand.py)
     grad_ratio_clip: tuple[float, float] = (0.1, 20.0)
+    grad_ratio_exclude: str = "none"  # none, pre_bn (biases before a BatchNorm), pre_bn+bn (and BN affine)
+    grad_ratio_ema: float = 0.0  # EMA factor of the log ratio over steps (0: the current step's ratio)
     seed: int = 0
     # where the weights start: a run directory whose final weights initialise this run
     # (Learner.init_from: strict load, or e.g. ONE's branch expansion; momentum carried)
@@ -126,6 +128,11 @@ class RunConfig:
         need(not (self.nesterov and self.momentum == 0), "nesterov=True needs momentum > 0")
         lo, hi = self.grad_ratio_clip if len(self.grad_ratio_clip) == 2 else (0, -1)
         need(0 < lo <= hi, f"grad_ratio_clip must be (low, high) with 0 < low <= high, got {self.grad_ratio_clip!r}")
+        from .gradratio import EXCLUDE
+
+        need(self.grad_ratio_exclude in EXCLUDE, f"grad_ratio_exclude must be one of {EXCLUDE}, got "
+             f"{self.grad_ratio_exclude!r}{suggest(self.grad_ratio_exclude, EXCLUDE)}")
+        need(0 <= self.grad_ratio_ema < 1, f"grad_ratio_ema must be in [0, 1), got {self.grad_ratio_ema!r}")
         for name in ("train_size", "test_size"):
             v = getattr(self, name)
             need(v is None or (isinstance(v, int) and v > 0), f"{name} must be None or a positive integer, got {v!r}")

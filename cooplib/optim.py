@@ -68,4 +68,5 @@ def gradient_ratio(learner: Learner, opt: torch.optim.Optimizer, config: RunConf
         return None
     from .gradratio import GradientRatio
 
-    return GradientRatio(opt, learner.last_layer_parameters(), clip=config.grad_ratio_clip)
+    return GradientRatio.for_learner(opt, learner, clip=config.grad_ratio_clip, exclude=config.grad_ratio_exclude,
+                                     ema=config.grad_ratio_ema)

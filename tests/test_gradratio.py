@@ -179,3 +179,20 @@ def test_ema_keeps_the_average_of_a_tensor_without_gradient():
     ratio.update(1.0)
     assert ratio.last_ratios()[0] == pytest.approx(2.0)
     assert ratio.bound_counts()[0] == (0, 0, 1)
+
+
+def test_the_run_config_reaches_the_scheduler_and_the_run_record(tmp_path):
+    """grad_ratio_exclude / grad_ratio_ema pass from RunConfig to the scheduler; the run's
+    records count the excluded tensor, and the defaults keep the old run names."""
+    from cooplib import experiment
+    from cooplib.config import RunConfig
+
+    base = RunConfig(method="one", model="resnet8", dataset="digits", train_size=100, test_size=50, epochs=1,
+                     batch_size=50, lr=0.05, grad_ratio_lr=True, device="cpu", progress=False, tensorboard=False,
+                     method_args={"branches": 2})
+    assert base.replace(grad_ratio_exclude="none", grad_ratio_ema=0.0).run_name() == base.run_name()
+    stable = base.replace(grad_ratio_exclude="pre_bn", grad_ratio_ema=0.9)
+    assert stable.run_name() != base.run_name()
+    plain = experiment.run(base, tmp_path).metrics[-1]
+    record = experiment.run(stable, tmp_path).metrics[-1]
+    assert plain["gradratio/excluded"] == 0 and record["gradratio/excluded"] >= 1
