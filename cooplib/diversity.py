@@ -192,8 +192,12 @@ def plot(frame: pd.DataFrame, labels: list[str] | None = None, title: str = ""):
     epoch, the vertical line marks the expansion. ``frame`` is ``per_epoch``'s output."""
     import matplotlib.pyplot as plt
 
+    from .plots import PAGE_WIDTH, _style
+
     labels = labels or [x for x in dict.fromkeys(frame["label"])]
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    _style()
+    fig, grid = plt.subplots(2, 2, figsize=(PAGE_WIDTH, 6.6))
+    axes, legend_ax = [grid[0, 0], grid[0, 1], grid[1, 0]], grid[1, 1]
     cmap = plt.get_cmap("tab20")
     for k, label in enumerate(labels):
         g, c = _curve(frame, label), cmap(k % 20)
@@ -205,28 +209,33 @@ def plot(frame: pd.DataFrame, labels: list[str] | None = None, title: str = ""):
             axes[1].plot(g.index, g["disagree old-old"], color=c, ls="--", alpha=0.7)
         if "ensemble gain" in g:
             axes[2].plot(g.index, g["ensemble gain"], color=c, marker=".", label=label)
-    names = ("summed gate weight of the new branches", "pairwise top-1 disagreement (%)\nsolid: pairs with a new "
-             "branch, dashed: old pairs", "ensemble top-1 minus the best branch (points)")
+    names = ("summed gate weight\nof the new branches", "top-1 disagreement (%), solid: pairs\nwith a new branch, "
+             "dashed: old pairs", "ensemble top-1 minus\nthe best branch (points)")
     for ax, name in zip(axes, names):
-        ax.set_title(name, fontsize=10)
+        ax.set_title(name, fontsize=9)
         ax.set_xlabel("epoch (from the parent's start)")
         _expansion_line(frame, ax)
     axes[2].axhline(0, color="black", lw=0.5)
-    axes[2].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    legend_ax.axis("off")
+    legend_ax.legend(*axes[2].get_legend_handles_labels(), fontsize=7, loc="center", title="arm (grey line: expansion)",
+                     title_fontsize=8)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
     return fig
 
 
-def plot_gates(frame: pd.DataFrame, labels: list[str] | None = None, old: int = 3, cols: int = 4, title: str = ""):
+def plot_gates(frame: pd.DataFrame, labels: list[str] | None = None, old: int = 3, cols: int = 3, title: str = ""):
     """One panel per arm: the mean gate weight of every branch per epoch (old branches
     solid, new ones dashed), mean over seeds; the vertical line marks the expansion."""
     import matplotlib.pyplot as plt
 
+    from .plots import PAGE_WIDTH, _style
+
     labels = labels or list(dict.fromkeys(frame["label"]))
     rows = -(-len(labels) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.8 * rows), sharey=True, squeeze=False)
+    _style()
+    fig, axes = plt.subplots(rows, cols, figsize=(PAGE_WIDTH, 2.3 * rows), sharey=True, squeeze=False)
     cmap = plt.get_cmap("tab10")
     for ax, label in zip(axes.flat, labels):
         g = _curve(frame, label)
@@ -234,7 +243,7 @@ def plot_gates(frame: pd.DataFrame, labels: list[str] | None = None, old: int = 
             i = int(c[len("gate branch"):])
             ax.plot(g.index, g[c], color=cmap(i % 10), ls="-" if i < old else "--", marker=".", label=f"branch {i}")
         _expansion_line(frame, ax)
-        ax.set_title(label, fontsize=9)
+        ax.set_title(label, fontsize=8)
         ax.set_ylim(0, 1)
     for ax in axes.flat[len(labels):]:
         ax.axis("off")

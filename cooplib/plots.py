@@ -58,9 +58,13 @@ def training_curves(metrics: pd.DataFrame, heads: list[str] | None = None, hue: 
 def learning_rate(metrics: pd.DataFrame):
     """The learning rate the optimizer applied in each epoch (as logged from it)."""
     _style()
-    fig, ax = plt.subplots(figsize=(PAGE_WIDTH * 0.6, 2.8), constrained_layout=True)
-    sns.lineplot(data=metrics, x="epoch", y="lr", hue="run", ax=ax, legend=False)
-    ax.set(yscale="log", title="learning rate applied", ylabel="lr")
+    hue = "label" if "label" in metrics.columns else "run"
+    shown = metrics[hue].nunique() <= 12  # a legend only where it can be read
+    fig, ax = plt.subplots(figsize=(PAGE_WIDTH * (1.0 if shown else 0.6), 2.8), constrained_layout=True)
+    sns.lineplot(data=metrics, x="epoch", y="lr", hue=hue, ax=ax, legend=shown, errorbar=None)
+    ax.set(yscale="log", title="learning rate applied" + ("" if shown else " (one line per run)"), ylabel="lr")
+    if shown:
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="x-small", title=None)
     return fig
 
 
