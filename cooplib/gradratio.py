@@ -46,7 +46,6 @@ is 1.
 """
 from __future__ import annotations
 
-import math
 from typing import Iterable
 
 import torch

@@ -25,9 +25,9 @@ Buffers (BN running statistics) are never touched; evaluation is in eval mode un
 no_grad, so they are used, not updated. The original weights are restored bit for bit
 afterwards, also when an evaluation raises.
 
-A fixed grid may end before the loss rises (then every `flatness` width is inf):
-`cooplib.flatness` searches each direction's crossing instead, up to a stated d_max,
-over training seeds and directions, with the ordering verdicts.
+These curves are for looking at; widths are not read off them, since a fixed grid may end
+before the loss rises: `cooplib.flatness` searches each direction's crossing instead, up
+to a stated d_max, over training seeds and directions, with the ordering verdicts.
 
 Which module to perturb matters: the direction lives in the parameters of the module
 passed. For DML pass ``learner.deployable()`` (peer 0): perturbing the whole Learner
@@ -39,7 +39,6 @@ import math
 import os
 from typing import Iterable, Iterator, Literal, Sequence
 
-import numpy as np
 import pandas as pd
 import torch
 from torch import nn
@@ -56,7 +55,7 @@ DEFAULT_DISTANCES: dict[str, tuple[float, ...]] = {
 METRICS = ("train_ce", "train_error", "test_ce", "test_error")
 
 __all__ = [
-    "DEFAULT_DISTANCES", "direction_flatness", "eval_loaders", "flatness", "perturbation_curves",
+    "DEFAULT_DISTANCES", "eval_loaders", "perturbation_curves",
     "random_direction", "trainable_parameters",
 ]
 
@@ -267,86 +266,6 @@ def perturbation_curves(
             m.training = mode
         bar.close()
     return pd.DataFrame(rows, columns=["direction", "distance", *METRICS])
-
-
-def _first_crossing(x: np.ndarray, y: np.ndarray, level: float) -> float:
-    """Smallest x where the piecewise-linear curve y(x) reaches ``level``; inf if never."""
-    above = np.flatnonzero(y >= level)
-    if not len(above):
-        return math.inf
-    j = int(above[0])
-    if j == 0:
-        return float(x[0])
-    x0, x1, y0, y1 = x[j - 1], x[j], y[j - 1], y[j]
-    return float(x0 + (level - y0) * (x1 - x0) / (y1 - y0))
-
-
-def _trapezoid(x: np.ndarray, y: np.ndarray) -> float:
-    return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2)) if len(x) > 1 else 0.0
-
-
-def _curve_stats(x: np.ndarray, ce: np.ndarray, err: np.ndarray, rise: float) -> dict[str, float]:
-    return {
-        "train_ce0": float(ce[0]),
-        "test_error0": float(err[0]),
-        "width": _first_crossing(x, ce, ce[0] + rise),
-        "excess_area": _trapezoid(x, ce - ce[0]),
-        "test_error_excess_area": _trapezoid(x, err - err[0]),
-    }
-
-
-def _keys(df: pd.DataFrame, by: str | Sequence[str] | None) -> list[str]:
-    if by is None:
-        return [c for c in df.columns if c not in ("direction", "distance", *METRICS)]
-    return [by] if isinstance(by, str) else list(by)
-
-
-def _stats_per_group(df: pd.DataFrame, keys: list[str], rise: float) -> pd.DataFrame:
-    if not rise > 0:
-        raise ValueError(f"rise must be > 0 (nats of train CE above c(0)), got {rise!r}")
-    rows = []
-    for key, g in (df.groupby(keys, sort=False) if keys else [((), df)]):
-        g = g.sort_values("distance")
-        key = key if isinstance(key, tuple) else (key,)
-        rows.append({**dict(zip(keys, key)), **_curve_stats(g["distance"].to_numpy(float), g["train_ce"].to_numpy(float),
-                                                            g["test_error"].to_numpy(float), rise)})
-    return pd.DataFrame(rows)
-
-
-def flatness(df: pd.DataFrame, rise: float = 1.0, by: str | Sequence[str] | None = None) -> pd.DataFrame:
-    """One row per model: how flat its optimum is, from `perturbation_curves` frames.
-
-    The mean over directions of train CE at each distance, c(d), gives
-
-    - ``width``: the smallest d where c(d) >= c(0) + ``rise`` nats (linear interpolation
-      between grid points; inf if it stays below within the grid, i.e. beyond the largest
-      distance measured). Larger = flatter.
-    - ``excess_area``: the area between c(d) and c(0) over the grid (trapezoid rule,
-      nats x distance). Smaller = flatter; unlike ``width`` it uses the whole curve and
-      is always finite.
-    - ``test_error_excess_area``: the same area for the mean test error (percent x distance).
-    - ``train_ce0`` / ``test_error0``: the unperturbed values, for context.
-
-    c(0) is the value at the smallest distance of the grid (0 for the default grid).
-
-    ``by``: the columns naming a model (e.g. a "solution" column); default all columns
-    that are not the curve's own. Compare only curves measured with the same
-    ``normalize`` and distances; for an ordering with an interval over the directions
-    use `direction_flatness` (and `report.flatness_verdicts`); for widths that are never
-    cut off by the grid, `cooplib.flatness.widths_for_runs`.
-    """
-    keys = _keys(df, by)
-    mean = df.groupby([*keys, "distance"], sort=True)[["train_ce", "test_error"]].mean().reset_index()
-    out = _stats_per_group(mean, keys, rise)
-    return out.set_index(keys) if keys else out
-
-
-def direction_flatness(df: pd.DataFrame, rise: float = 1.0, by: str | Sequence[str] | None = None) -> pd.DataFrame:
-    """The statistics of `flatness`, one row per (model, direction): each direction's own
-    curve, so that models can be compared paired by direction index with an interval.
-    The mean of ``excess_area`` over directions equals `flatness`'s (the area is linear)."""
-    keys = _keys(df, by)
-    return _stats_per_group(df, [*keys, "direction"], rise)
 
 
 def curves_for_runs(

@@ -369,13 +369,6 @@ def shared_runs(finals: pd.DataFrame, by: str = "label") -> pd.DataFrame:
                          "runs": [int((owners == o).sum()) for o in groups]})
 
 
-def curve_facts(curves: pd.DataFrame, by: str = "solution") -> pd.DataFrame:
-    """The grid of a perturbation experiment per solution: directions and distances (exact)."""
-    g = curves.groupby(by, sort=False)
-    return pd.DataFrame({"directions": g["direction"].nunique(), "distances": g["distance"].nunique(),
-                         "d_max": g["distance"].max(), "rows": g.size()})
-
-
 # ---------------------------------------------------------------- evidence records (pytest-checked)
 
 EVIDENCE_MARK = "COOPLIB-EVIDENCE "
@@ -449,45 +442,6 @@ def width_text(widths: Sequence[float], d_max: float, rise: float) -> str:
     text = f"{mean:.2f}" + (f" [{low:.2f}, {high:.2f}]" if n >= 2 else "")
     missing = len(widths) - len(finite)
     return text + (f"; {missing} of {len(widths)} directions beyond d_max = {d_max:g}" if missing else "")
-
-
-def flatness_table(curves: pd.DataFrame, rise: float = 1.0, by: str = "solution") -> pd.DataFrame:
-    """Per solution: unperturbed train CE / test error, width and excess areas with their
-    95 % t-intervals over the random directions (`perturb.direction_flatness`)."""
-    from .perturb import direction_flatness
-
-    per_dir = direction_flatness(curves, rise, by)
-    d_max = float(curves["distance"].max())
-    rows = []
-    for key, g in per_dir.groupby(by, sort=False):
-        row = {by: key, "directions": len(g), "train CE at d=0": f"{g['train_ce0'].iloc[0]:.4f}",
-               "test error % at d=0": f"{g['test_error0'].iloc[0]:.2f}",
-               f"width (+{rise:g} nat)": width_text(g["width"].tolist(), d_max, rise)}
-        for col, name in (("excess_area", "train-CE excess area"), ("test_error_excess_area", "test-error excess area")):
-            n, mean, low, high = t_interval(g[col])
-            row[f"{name} [95% CI]"] = f"{mean:.4g}" + (f" [{low:.4g}, {high:.4g}]" if n >= 2 else "")
-        rows.append(row)
-    return pd.DataFrame(rows).set_index(by)
-
-
-def flatness_verdicts(curves: pd.DataFrame, order: Sequence[str], rise: float = 1.0, by: str = "solution",
-                      view: str = "") -> list[Verdict]:
-    """Verdicts on an ordering "least flat < ... < flattest" (e.g. the ONE paper's
-    vanilla < DML < ONE), one per adjacent pair, by train-CE excess area paired by
-    direction index (direction i is drawn from the same seed for every solution).
-    The difference is area(less flat) - area(flatter): positive = the claimed order.
-    Width is not compared: it is infinite for directions that never rise by `rise`."""
-    from .perturb import direction_flatness
-
-    per_dir = direction_flatness(curves, rise, by).set_index([by, "direction"])["excess_area"]
-    suffix = f" ({view})" if view else ""
-    out = []
-    for lo, hi in zip(order[:-1], order[1:]):
-        a, b = per_dir.loc[lo], per_dir.loc[hi]
-        dirs = sorted(set(a.index) & set(b.index))
-        out.append(decide((a.loc[dirs] - b.loc[dirs]).tolist(), f"{hi} flatter than {lo}{suffix}",
-                          unit="train-CE excess area", replicates="directions"))
-    return out
 
 
 # ---------------------------------------------------------------- offline KD zoo (cooplib.methods.kd)

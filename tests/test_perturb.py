@@ -214,24 +214,6 @@ def test_linear_model_matches_hand_computation_and_dict_heads():
         perturb.perturbation_curves(model, batches, batches, distances=(0,), directions=1, head="c", progress=False)
 
 
-def test_flatness_width_and_area():
-    d = np.array([0.0, 1.0, 2.0, 3.0])
-    rows = []
-    for name, ce in [("sharp", [0.1, 0.6, 1.6, 3.0]), ("flat", [0.1, 0.2, 0.4, 0.9])]:
-        for direction, shift in [(0, -0.05), (1, 0.05)]:  # directions average out
-            for di, c in zip(d, ce):
-                rows.append({"model": name, "direction": direction, "distance": di, "train_ce": c + shift * (di > 0),
-                             "train_error": 0.0, "test_ce": 0.0, "test_error": 10.0 + di})
-    out = perturb.flatness(pd.DataFrame(rows), rise=1.0)
-    assert out.loc["sharp", "width"] == pytest.approx(1.5)  # 0.6 -> 1.6 crosses 1.1 half-way
-    assert math.isinf(out.loc["flat", "width"])
-    assert out.loc["sharp", "excess_area"] == pytest.approx(0.25 + 1.0 + 2.2)  # trapezoids of [0, .5, 1.5, 2.9]
-    assert out.loc["flat", "excess_area"] < out.loc["sharp", "excess_area"]
-    assert out.loc["sharp", "test_error_excess_area"] == pytest.approx(4.5)
-    single = perturb.flatness(pd.DataFrame(rows).query("model == 'flat'").drop(columns="model"))
-    assert len(single) == 1 and math.isinf(single.width[0])
-
-
 def test_default_grids_and_bad_arguments(net, loaders):
     assert perturb.DEFAULT_DISTANCES["unit"] == (0, 0.5, 1, 1.5, 2, 2.5, 3, 3.5, 4, 4.5, 5)
     assert perturb.DEFAULT_DISTANCES["filter"][3] == 0.3
@@ -240,17 +222,3 @@ def test_default_grids_and_bad_arguments(net, loaders):
     with pytest.raises(ValueError, match="distances"):
         perturb.perturbation_curves(net, *loaders, distances=(0, math.inf), progress=False)
 
-
-def test_direction_flatness_per_direction_and_mean_area_agrees():
-    d = [0.0, 1.0, 2.0]
-    rows = [{"solution": s, "direction": i, "distance": di, "train_ce": 0.1 + k * di * (i + 1),
-             "train_error": 0.0, "test_ce": 0.0, "test_error": 5.0}
-            for s, k in (("sharp", 1.0), ("flat", 0.1)) for i in range(3) for di in d]
-    df = pd.DataFrame(rows)
-    per = perturb.direction_flatness(df, rise=1.0, by="solution").set_index(["solution", "direction"])
-    # direction i of "sharp": ce - ce0 = (i + 1) d, area over [0, 2] = 2 (i + 1); width = 1 / (i + 1)
-    assert per.loc[("sharp", 2), "excess_area"] == pytest.approx(6.0)
-    assert per.loc[("sharp", 1), "width"] == pytest.approx(0.5)
-    assert math.isinf(per.loc[("flat", 0), "width"])  # rises 0.2 nat over the grid only
-    mean = perturb.flatness(df, rise=1.0, by="solution")
-    assert mean.loc["sharp", "excess_area"] == pytest.approx(per.xs("sharp")["excess_area"].mean())

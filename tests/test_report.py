@@ -137,17 +137,3 @@ def _curves():
                              "train_error": 0.0, "test_ce": 0.0, "test_error": 5.0 + d})
     return pd.DataFrame(rows)
 
-
-def test_flatness_verdicts_pair_by_direction():
-    v_dml, v_one = report.flatness_verdicts(_curves(), ["vanilla", "DML", "ONE"], view="unit")
-    # per direction i the area is 2 k (1 + 0.1 i): vanilla - DML = 0.4 (1 + 0.1 i) > 0
-    assert v_dml.claim == "DML flatter than vanilla (unit)" and v_dml.status == "supported" and v_dml.n == 4
-    assert v_dml.differences == pytest.approx([0.4 * (1 + 0.1 * i) for i in range(4)])
-    assert v_one.status == "contradicted"  # ONE (k = 0.9) is less flat than DML (k = 0.8)
-
-
-def test_flatness_table_reports_inf_width_as_beyond_d_max():
-    table = report.flatness_table(_curves(), rise=5.0)
-    assert table.loc["vanilla", "width (+5 nat)"] == "beyond d_max = 2 (no direction rose by 5 nat)"
-    partial = report.width_text([1.0, 2.0, math.inf], 5.0, 1.0)
-    assert partial.startswith("1.50 [") and partial.endswith("1 of 3 directions beyond d_max = 5")
