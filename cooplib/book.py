@@ -266,14 +266,24 @@ def publish(profile: str, runs_root: Path) -> Path:
         shutil.rmtree(target)
     (target / "records").mkdir(parents=True)
     for path in [*EXECUTED.glob("*.ipynb"), EXECUTED / "build_info.md"]:
-        shutil.copy2(path, target / path.name)
+        _copy_relative(path, target / path.name)
     for run in sorted(p for p in runs_root.iterdir() if (p / "config.json").exists()):
         (target / "records" / run.name).mkdir()
         for name in RECORD_FILES:
             if (run / name).exists():
-                shutil.copy2(run / name, target / "records" / run.name / name)
+                _copy_relative(run / name, target / "records" / run.name / name)
     print(f"[cooplib.book] {profile}: executed notebooks and run records kept in {_shown(target)}", flush=True)
     return target
+
+
+def _copy_relative(source: Path, target: Path) -> None:
+    """Copy a text file with this checkout's absolute path made relative (papermill's
+    input/output paths, a teacher's or parent's run directory): nothing published names
+    the build machine's folders."""
+    text = source.read_text()
+    for root in {str(REPO_ROOT), str(REPO_ROOT.resolve())}:
+        text = text.replace(root + "/", "")
+    target.write_text(text)
 
 
 def _restore_published(profile: str) -> None:

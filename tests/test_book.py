@@ -130,8 +130,11 @@ def test_published_profile_keeps_notebooks_and_records_without_weights(tmp_path,
     run.mkdir(parents=True)
     for f in (*book.RECORD_FILES, "model-0003.safetensors", "checkpoint-0003.pt", "commit.json"):
         (run / f).write_text(f)
+    (run / "config.json").write_text(f'{{"teacher": "{book.REPO_ROOT}/runs/real/teacher-run"}}')
     target = book.publish("real", tmp_path / "runs")
     assert sorted(p.name for p in (target / "records" / "one-run").iterdir()) == sorted(book.RECORD_FILES)
+    assert (target / "records" / "one-run" / "config.json").read_text() == '{"teacher": "runs/real/teacher-run"}'
+
     # another profile executed since: the build of "real" restores the published notebooks
     other = nbformat.v4.new_notebook(metadata={"papermill": {"parameters": {"profile": "smoke"}}})
     nbformat.write(other, book.EXECUTED / "one.ipynb")

@@ -5,6 +5,7 @@ smoke profile's executions that nbval checks) and the published real-data book
 (book/published/<profile>/). Skipped where no Chromium is installed (.ci/run installs
 Debian's `chromium`).
 """
+import re
 import shutil
 from pathlib import Path
 
@@ -57,6 +58,10 @@ def test_published_book_reads_clean_in_chromium(tmp_path):
         notebooks = sorted(source.glob("*.ipynb"))
         for nb in notebooks:  # every chapter really comes from the published profile
             assert nbformat.read(nb, as_version=4).metadata["papermill"]["parameters"]["profile"] == source.name
+        absolute = re.compile(r'"/[^"]*/(runs|notebooks|book)/')  # a build machine's folder
+        for path in source.rglob("*"):
+            if path.is_file():
+                assert not absolute.search(path.read_text()), f"{path} names an absolute path of the machine that built it"
         tree = _book_tree(tmp_path / source.name, notebooks, (source / "build_info.md").read_text())
         index = book.jupyter_book(tree)
         _assert_clean(index.parent, forbidden=(str(ROOT), str(tree)))
