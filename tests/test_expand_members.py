@@ -208,3 +208,36 @@ def test_evaluate_records_the_learner_diagnostics_as_means(tiny_data):
     assert described["gate old"] == pytest.approx(1.0, abs=1e-5)
     assert described["ensemble gain"] == pytest.approx(
         out["ensemble/top1"] - max(out[f"branch{i}/top1"] for i in range(3)))
+
+
+def test_annealed_expansion_interrupted_mid_anneal_resumes_to_the_same_run(quadrants_npz, tmp_path, one_thread, monkeypatch):
+    """The anneal's start is rebuilt by init_from on resume, so an expanded run stopped in
+    the middle of its anneal and resumed equals the uninterrupted run, bit for bit."""
+    from cooplib import experiment, runs
+    from cooplib.config import RunConfig
+    from cooplib.methods.one import ONE
+
+    common = dict(model="resnet8", dataset="npz", dataset_args={"path": str(quadrants_npz)}, batch_size=32, lr=0.05,
+                  deterministic=True, device="cpu", progress=False, tensorboard=False)
+    parent = experiment.run(RunConfig(method="one", epochs=1, method_args={"branches": 2}, **common), tmp_path).run_dir
+    child = RunConfig(method="one", epochs=3, init_from=str(parent),
+                      method_args={"branches": 3, "expand": "fresh", "expand_anneal": 2.0}, **common)
+    ref = experiment.run(child, run_dir=tmp_path / "ref")
+
+    original, fired = ONE.loss, []
+
+    def interrupting(self, heads, y, state):
+        if not fired and (state.epoch, state.step) == (1, 1):
+            fired.append(True)
+            raise KeyboardInterrupt
+        return original(self, heads, y, state)
+
+    monkeypatch.setattr(ONE, "loss", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        experiment.run(child, run_dir=tmp_path / "cut")
+    monkeypatch.setattr(ONE, "loss", original)
+    resumed = experiment.run(child, run_dir=tmp_path / "cut")
+    strip = lambda records: [{k: v for k, v in r.items() if "seconds" not in k} for r in records]
+    assert strip(resumed.metrics) == strip(ref.metrics)
+    assert runs.RunDir(tmp_path / "cut").file_path("last").read_bytes() == runs.RunDir(ref.run_dir).file_path("last").read_bytes()
+    assert ref.metrics[-1]["test/gate/branch2"] > ref.metrics[0]["test/gate/branch2"]  # the anneal let the branch in
