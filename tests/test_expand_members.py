@@ -19,28 +19,16 @@ import torch
 from cooplib import diversity, metrics, train
 from cooplib.config import RunConfig
 from cooplib.data import DeviceLoader
-from cooplib.expand import annealed_prior, expand_branches, expanded_optimizer_state
+from cooplib.expand import annealed_prior, expand_branches
 from cooplib.methods.base import TrainState
 from cooplib.methods.one import ONE, build_one
 from cooplib.models.multibranch import MultiBranchResNet
+from test_expand import SMALL, trained_like  # the same "trained-looking" ONE-3
 
-SMALL = (3, 8, 8)
 #: the floor the annealed new branches' gate weight must pass (uniform over 5 is 0.2)
 GATE_FLOOR = 0.05
 
 
-def trained_like(seed: int = 0) -> MultiBranchResNet:
-    torch.manual_seed(seed)
-    net = MultiBranchResNet("resnet8", 5, branches=3)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-        net.gate_prior.copy_(torch.tensor([0.3, -0.2, 0.1]))
-    net.train()
-    with torch.no_grad():
-        for _ in range(2):
-            net(torch.randn(16, *SMALL))
-    return net.eval()
 
 
 def test_new_head_copies_features_with_a_fresh_classifier_and_keeps_the_function():

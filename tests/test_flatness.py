@@ -7,12 +7,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from torch import nn
 
 from cooplib import experiment, flatness, perturb, runs
 from cooplib.config import RunConfig
 from cooplib.flatness import _search
 from cooplib.models import build
+from test_perturb import Scalar  # logits [w x, 0]: one parameter
 
 
 # ---------------------------------------------------------------- the search on known curves
@@ -65,15 +65,6 @@ def test_search_handles_a_crossing_below_d_start_a_jump_and_overflow():
 
 # ---------------------------------------------------------------- on networks
 
-class Scalar(nn.Module):
-    """logits = [w * x, 0]: one parameter, so a unit direction is +1 or -1."""
-
-    def __init__(self, w: float):
-        super().__init__()
-        self.w = nn.Parameter(torch.tensor(w))
-
-    def forward(self, x):
-        return torch.stack([self.w * x[:, 0], torch.zeros_like(x[:, 0])], dim=1)
 
 
 def test_closed_form_one_parameter_model_both_signs():
