@@ -156,7 +156,6 @@ def crossing_widths(
                          "beyond": beyond, "d_max": d_max, "target": level, "evaluations": evaluations,
                          "train_ce0": c0, "train_error0": at_zero["train_error"], "test_ce0": at_zero["test_ce"],
                          "test_error0": at_zero["test_error"]})
-            del v
             bar.update(1)
     finally:
         perturb._set_weights(params, origin)
