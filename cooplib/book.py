@@ -192,7 +192,8 @@ def execute(profile_name: str, only: list[str] | None = None, runs_dir: str | Pa
     `cluster:` entry (see `cooplib.cluster`) is where the notebooks' sweeps run. Returns
     the failures, {notebook: "In [n]: Error: message"} (empty when all succeeded).
     """
-    from concurrent.futures import ThreadPoolExecutor
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
 
     profile = load_profile(profile_name)
     plan = validate(profile, only)
@@ -212,8 +213,12 @@ def execute(profile_name: str, only: list[str] | None = None, runs_dir: str | Pa
     # the notebooks find the profile's run root themselves; only another one is injected
     where = {"out_dir": str(out_root)} if runs_dir else {}
     params = {nb: {**p, "profile": profile["name"], **where} for nb, p in plan.items()}
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        results = list(pool.map(lambda nb: _execute_one(profile["name"], nb, params[nb]), plan))
+    args = [(profile["name"], nb, params[nb], EXECUTED / f"{nb}.ipynb") for nb in plan]
+    if jobs > 1:  # processes, not threads: papermill changes the process-wide working folder
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            results = list(pool.map(_execute_one, *zip(*args)))
+    else:
+        results = [_execute_one(*a) for a in args]
     _write_build_info(profile, out_root, {nb: seconds for nb, _, seconds in results})
     failures = {nb: why for nb, why, _ in results if why}
     if profile.get("publish") and not failures and not only and not runs_dir:
@@ -221,11 +226,10 @@ def execute(profile_name: str, only: list[str] | None = None, runs_dir: str | Pa
     return failures
 
 
-def _execute_one(profile: str, nb: str, parameters: dict) -> tuple[str, str | None, float]:
-    """Execute one notebook; return (name, why it failed or None, seconds)."""
+def _execute_one(profile: str, nb: str, parameters: dict, output: Path) -> tuple[str, str | None, float]:
+    """Execute one notebook into `output`; return (name, why it failed or None, seconds)."""
     import papermill
 
-    output = EXECUTED / f"{nb}.ipynb"
     print(f"[cooplib.book] {profile}: executing {nb} -> {_shown(output)}", flush=True)
     t0 = time.perf_counter()
     why = None

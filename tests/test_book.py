@@ -1,4 +1,5 @@
 """Profiles are validated against the notebooks before anything runs."""
+import os
 import re
 
 import pytest
@@ -82,7 +83,9 @@ def test_a_failing_notebook_does_not_stop_the_batch(tmp_path, monkeypatch, capsy
     nbformat.write(stale, tmp_path / "executed" / "robustness.ipynb")
     path = tmp_path / "broken.yml"
     path.write_text("notebooks:\n  baseline:\n    dataset: nosuch\n  dml:\n    dataset: nosuch2\n")
+    cwd = os.getcwd()
     assert book.main(["run", "--profile", str(path), "--runs-dir", str(tmp_path / "runs"), "--jobs", "2"]) == 1
+    assert os.getcwd() == cwd  # concurrent notebooks must not leave the process in another folder
     out = capsys.readouterr().out
     assert "0 of 2 notebook(s) executed, 2 FAILED" in out
     assert re.search(r"baseline\s+In \[\d+\]: SweepError: .*unknown dataset 'nosuch'", out)
