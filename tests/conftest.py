@@ -52,3 +52,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def net():
+    """A resnet8 (4 classes, 3 channels) whose BN running statistics are away from their
+    init, so "untouched" is a real check for the perturbation tests."""
+    from cooplib.models import build
+
+    torch.manual_seed(0)
+    model = build("resnet8", 4, 3)
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(16, 3, 8, 8))
+    return model.eval()

@@ -11,7 +11,6 @@ import torch
 from cooplib import experiment, flatness, perturb, runs
 from cooplib.config import RunConfig
 from cooplib.flatness import _search
-from cooplib.models import build
 from test_perturb import Scalar  # logits [w x, 0]: one parameter
 
 
@@ -102,14 +101,6 @@ def test_closed_form_one_parameter_model_both_signs():
     assert warm.evaluations.sum() < out.evaluations.sum()
 
 
-@pytest.fixture
-def net():
-    torch.manual_seed(0)
-    model = build("resnet8", 4, 3)
-    model.train()
-    with torch.no_grad():
-        model(torch.randn(16, 3, 8, 8))
-    return model.eval()
 
 
 def test_bracket_agrees_with_the_grid_curves_and_weights_are_restored(net, tiny_data, one_thread):

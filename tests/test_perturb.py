@@ -11,18 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from cooplib import metrics, perturb
-from cooplib.models import build
 
 
-@pytest.fixture
-def net():
-    torch.manual_seed(0)
-    model = build("resnet8", 4, 3)
-    # BN running stats away from their init, so "untouched" is a real check
-    model.train()
-    with torch.no_grad():
-        model(torch.randn(16, 3, 8, 8))
-    return model.eval()
 
 
 @pytest.fixture
