@@ -1,7 +1,8 @@
 """`fit`: the one training loop every Learner shares.
 
 SGD (momentum, Nesterov, weight decay) with a per-epoch step or cosine schedule; bf16
-autocast and channels_last on CUDA; optional torch.compile; seeded and optionally
+autocast and channels_last on CUDA and on CPUs with native bf16 (`runtime.resolve`,
+recorded in config.json as `resolved` and kept on resume); optional torch.compile; seeded and optionally
 deterministic; every head evaluated (top-1/top-5, percent) each epoch. Each finished
 epoch is handed to the run directory (`runs.RunDir.commit_epoch`), which makes its
 records, weights and checkpoint visible together; a killed run resumes from its last
@@ -81,16 +82,25 @@ def fit(
             return RunResult(run.path, run.final(), run.records())
         if not main:
             ckpt = run.checkpoint()
+        resolved = run_resolved(run, config, device)
         with runtime.determinism(config.deterministic):
-            return _fit(learner, data, config, run, device, ckpt, initial_optimizer_state)
+            return _fit(learner, data, config, run, device, ckpt, initial_optimizer_state, resolved)
 
 
-def _fit(learner, data, config, run: runs.RunDir, device, ckpt, initial_optimizer_state) -> RunResult:
+def run_resolved(run: runs.RunDir, config: RunConfig, device: torch.device) -> dict:
+    """The precision and layout the run in `run` trains with: those its config.json
+    recorded (`resolved`, written when the run was created); a run created before
+    that record existed keeps the rules it started under (`runtime.resolve`)."""
+    meta = run.meta()
+    return runtime.resolve(config, device, recorded=meta.get("resolved"), started="resolved" not in meta)
+
+
+def _fit(learner, data, config, run: runs.RunDir, device, ckpt, initial_optimizer_state, resolved: dict) -> RunResult:
     from . import flops
 
     torch.manual_seed(config.seed)
-    amp_dtype = runtime.autocast_dtype(config.precision, device)
-    channels_last = device.type == "cuda" if config.channels_last is None else config.channels_last
+    amp_dtype = runtime.resolved_dtype(resolved)
+    channels_last = bool(resolved["channels_last"])
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     learner.to(device=device, memory_format=memory_format)
     cost = flops.cost(learner, tuple(data.x_train.shape[1:]))
@@ -209,6 +219,8 @@ def _run_metadata(config: RunConfig, data: ImageData, device: torch.device) -> d
         },
         "versions": runtime.versions(),
         "device_name": runtime.device_name(device),
+        # what precision="auto" / channels_last=None mean for this run (kept on resume)
+        "resolved": runtime.resolve(config, device),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 

@@ -29,6 +29,14 @@ def test_run_name_changes_with_semantic_fields_only():
     assert differences(a.semantic(), RunConfig(epochs=3, lr=0.2).semantic()) == ["lr: 0.1 -> 0.2"]
 
 
+def test_run_names_of_existing_configs_do_not_change():
+    """Run directories are found by name: the precision defaults resolve at run time (and
+    are recorded in config.json), "auto" itself is hashed, so these names stay."""
+    assert RunConfig().run_name() == "baseline-resnet32-cifar100-s0-bd320634"
+    assert RunConfig(precision="auto", channels_last=None).digest() == RunConfig().digest()
+    assert RunConfig(precision="fp32").digest() != RunConfig().digest()
+
+
 def test_unknown_method_and_method_argument():
     with pytest.raises(ValueError, match="did you mean 'baseline'"):
         methods.build("baselin", "resnet8", 10)

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from cooplib import losses, metrics, optim, runs, train
+from cooplib import losses, metrics, optim, runs, runtime, train
 from cooplib.config import RunConfig
 from cooplib.errors import DivergedError, RunDirError
 from cooplib.methods import Baseline
@@ -104,6 +104,50 @@ def test_interrupted_then_resumed_equals_uninterrupted(tiny_data, tmp_path, one_
     assert _same_weights(tmp_path / "ref", tmp_path / "cut")
     assert _strip_time(resumed.metrics) == _strip_time(ref.metrics)
     assert _strip_time([resumed.final["best"]]) == _strip_time([ref.final["best"]])
+
+
+def _interrupt_at(run_dir: Path, data, cfg: RunConfig, at=(2, 1)) -> None:
+    torch.manual_seed(0)
+    with pytest.raises(KeyboardInterrupt):
+        train.fit(Interrupting(build("resnet8", 4, 3), at=at), data, cfg, run_dir)
+    assert len(runs.read_metrics(run_dir)) == at[0]
+
+
+@pytest.mark.parametrize("started, resumed", [("0", "1"), ("1", "0")])
+def test_resumed_run_keeps_the_precision_it_started_with(tiny_data, tmp_path, one_thread, monkeypatch, started, resumed):
+    """precision="auto" on the CPU follows the bf16 detection; a run started under one
+    answer resumes under it even when the answer (e.g. the default) has changed since,
+    and equals a run trained without interruption under that answer."""
+    cfg = small_config(epochs=4)
+    monkeypatch.setenv("COOPLIB_CPU_BF16", started)
+    ref = train.fit(baseline(tiny_data), tiny_data, cfg, tmp_path / "ref")
+    _interrupt_at(tmp_path / "cut", tiny_data, cfg)
+    monkeypatch.setenv("COOPLIB_CPU_BF16", resumed)
+    res = train.fit(baseline(tiny_data, seed=123), tiny_data, cfg, tmp_path / "cut")
+    assert _same_weights(tmp_path / "ref", tmp_path / "cut")
+    assert _strip_time(res.metrics) == _strip_time(ref.metrics)
+    want = {"precision": "bf16", "channels_last": True, "cpu_bf16": True} if started == "1" else \
+        {"precision": "fp32", "channels_last": False, "cpu_bf16": False}
+    assert runs.read_json(tmp_path / "cut" / runs.CONFIG)["resolved"] == want
+    # and the other answer computes something else (so the check above means something)
+    other = train.fit(baseline(tiny_data), tiny_data, cfg, tmp_path / "other")
+    assert _strip_time(other.metrics) != _strip_time(ref.metrics)
+
+
+def test_run_from_before_the_record_resumes_in_fp32(tiny_data, tmp_path, one_thread, monkeypatch):
+    """A run directory without `resolved` was started when "auto" meant fp32 on the CPU:
+    it stays fp32 (bit-identical resume) although the CPU now defaults to bf16."""
+    cfg = small_config(epochs=3)
+    monkeypatch.setenv("COOPLIB_CPU_BF16", "0")
+    ref = train.fit(baseline(tiny_data), tiny_data, cfg, tmp_path / "ref")
+    _interrupt_at(tmp_path / "cut", tiny_data, cfg, at=(1, 1))
+    meta = runs.read_json(tmp_path / "cut" / runs.CONFIG)
+    del meta["resolved"]  # as written by cooplib before this record existed
+    runs.write_json(tmp_path / "cut" / runs.CONFIG, meta)
+    monkeypatch.setenv("COOPLIB_CPU_BF16", "1")
+    res = train.fit(baseline(tiny_data, seed=123), tiny_data, cfg, tmp_path / "cut")
+    assert _same_weights(tmp_path / "ref", tmp_path / "cut")
+    assert _strip_time(res.metrics) == _strip_time(ref.metrics)
 
 
 KILLED_RUN = """
@@ -215,6 +259,9 @@ def test_run_directory_records(tiny_data, tmp_path):
     res = train.fit(baseline(tiny_data), tiny_data, cfg, run_dir)
     meta = runs.read_json(run_dir / runs.CONFIG)
     assert meta["config"] == cfg.to_dict() and meta["versions"]["torch"] == torch.__version__
+    # what precision="auto" / channels_last=None meant here, as trained
+    assert meta["resolved"] == runtime.resolve(cfg, torch.device("cpu"))
+    assert set(meta["resolved"]) == {"precision", "channels_last", "cpu_bf16"}
     rec = res.metrics[-1]
     for key in ("epoch", "lr", "seconds", "train_seconds", "train/loss", "train/ce/net", "train/net/top1", "test/net/top1", "test/net/top5", "test/net/loss"):
         assert key in rec
