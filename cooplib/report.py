@@ -1,114 +1,32 @@
 """Tables, intervals and verdicts computed from run frames (`runs.load_runs`), for the notebooks.
 
 Nothing here is typed by hand: every number comes from a run directory. Every comparison
-goes through `decide`, which turns a set of paired differences into a `Verdict` (a t
-confidence interval and a wording chosen from it), so no chapter states a direction
-that its interval does not carry.
-
-Wording of a verdict on the claim "B is better than A" (difference = B - A, positive =
-the claim's direction), at confidence c (95 % unless asked) over n replicates:
-
-- ``supported``      the whole interval lies above 0;
-- ``contradicted``   the whole interval lies below 0;
-- ``not resolved``   the interval contains 0;
-- ``undecidable``    n < 2: no interval exists, the verdict says it cannot be decided.
+goes through `stats.decide` (re-exported here with `t_interval`, `Verdict` and
+`CONFIDENCE`), which turns a set of paired differences into a `Verdict`: a t confidence
+interval and a wording chosen from it, so no chapter states a direction that its
+interval does not carry. `compare` also labels the verdict with the run-configuration
+fields in which the two arms differ beyond the treatment (`stats.confounds`), and
+`underfit_caveats` / `convergence_table` say when an arm had not fitted its training
+data. The rules (wording, zero spread, confounds, underfitting) are in `cooplib.stats`.
 """
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-CONFIDENCE = 0.95
+from . import stats
+from .stats import CONFIDENCE, Verdict, decide, t_interval  # re-exported
+
 #: the `best/...` columns: the epoch with the highest test top-1 of the run's primary head,
 #: i.e. selected on the test set (as the ONE reference code does) — an optimistic number
 BEST_LABEL = "best epoch, selected on test"
 
 
-# ---------------------------------------------------------------- intervals and verdicts
-
-def t_interval(values: Iterable[float], confidence: float = CONFIDENCE) -> tuple[int, float, float, float]:
-    """(n, mean, low, high): Student-t interval of the mean; low/high are nan for n < 2."""
-    from scipy import stats
-
-    v = np.asarray([x for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))], float)
-    n = len(v)
-    if n == 0:
-        return 0, math.nan, math.nan, math.nan
-    mean = float(v.mean())
-    if n < 2:
-        return n, mean, math.nan, math.nan
-    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * v.std(ddof=1) / math.sqrt(n))
-    return n, mean, mean - half, mean + half
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """A claim "B better than A", its paired differences' interval and the wording from it."""
-
-    claim: str
-    n: int
-    mean: float
-    ci_low: float
-    ci_high: float
-    status: str  # supported | contradicted | not resolved | undecidable
-    confidence: float = CONFIDENCE
-    unit: str = "top-1 points"
-    replicates: str = "seeds"
-    differences: tuple = field(default=(), repr=False)
-
-    def _fmt(self, x: float) -> str:
-        """Signed, with 2 decimals, or more when the numbers are small (e.g. areas of 0.003)."""
-        scale = max((abs(v) for v in (self.mean, self.ci_low, self.ci_high) if math.isfinite(v)), default=0.0)
-        decimals = 2 if scale == 0 else max(2, 1 - math.floor(math.log10(scale)))
-        return f"{x:+.{decimals}f}"
-
-    @property
-    def interval(self) -> str:
-        """'+0.23 [-0.50, +0.96]' (mean and interval), or the mean alone when n < 2."""
-        if self.n == 0:
-            return "n/a"
-        if self.n < 2:
-            return f"{self._fmt(self.mean)} (no interval at n = 1)"
-        return f"{self._fmt(self.mean)} [{self._fmt(self.ci_low)}, {self._fmt(self.ci_high)}]"
-
-    @property
-    def sentence(self) -> str:
-        reps = f"{self.n} {self.replicates if self.n != 1 else self.replicates.rstrip('s')}"
-        if self.n == 0:
-            return f"{self.claim}: cannot be decided (no paired {self.replicates})."
-        if self.status == "undecidable":
-            return (f"{self.claim}: cannot be decided at {reps} (an interval needs at least 2); "
-                    f"the single difference is {self._fmt(self.mean)} {self.unit}.")
-        return (f"{self.claim}: {self.status} at {reps} (mean difference {self._fmt(self.mean)} {self.unit}, "
-                f"{self.confidence:.0%} CI [{self._fmt(self.ci_low)}, {self._fmt(self.ci_high)}]).")
-
-    def __str__(self) -> str:
-        return self.sentence
-
-    def as_dict(self) -> dict:
-        return {**asdict(self), "interval": self.interval, "sentence": self.sentence}
-
-
-def decide(differences: Iterable[float], claim: str, unit: str = "top-1 points", replicates: str = "seeds",
-           confidence: float = CONFIDENCE) -> Verdict:
-    """The verdict on `claim` from its differences (positive = the claim's direction)."""
-    diffs = tuple(float(d) for d in differences)
-    n, mean, low, high = t_interval(diffs, confidence)
-    if n < 2:
-        status = "undecidable"
-    elif low > 0:
-        status = "supported"
-    elif high < 0:
-        status = "contradicted"
-    else:
-        status = "not resolved"
-    return Verdict(claim, n, mean, low, high, status, confidence, unit, replicates, diffs)
-
+# ---------------------------------------------------------------- paired comparisons
 
 def paired_difference(frame: pd.DataFrame, a: str, b: str, column: str, by: str = "label",
                       confidence: float = CONFIDENCE) -> dict:
@@ -122,18 +40,53 @@ def paired_difference(frame: pd.DataFrame, a: str, b: str, column: str, by: str 
             "confidence": confidence, "per_seed": dict(zip(seeds, diff.tolist()))}
 
 
-def compare(frame: pd.DataFrame, a: str, b: str, column: str, by: str = "label", claim: str | None = None,
-            unit: str = "top-1 points", confidence: float = CONFIDENCE) -> Verdict:
-    """Verdict on "b better than a" in `column` (higher is better), paired by seed."""
-    d = paired_difference(frame, a, b, column, by, confidence)
-    return decide(d["per_seed"].values(), claim or f"{b} better than {a}", unit, "seeds", confidence)
+def arm_configs(frame: pd.DataFrame, label, by: str = "label") -> list[dict]:
+    """The run-configuration columns (`stats.is_config_field`) of the rows of one arm, as dicts."""
+    cols = [c for c in frame.columns if stats.is_config_field(c)]
+    return frame.loc[frame[by] == label, cols].to_dict("records")
 
+
+def default_treatment(by: str) -> tuple[str, ...]:
+    """What defines the arms when the caller does not say: the `by` column when it is a
+    config field (a method with its arguments), else the method and its arguments."""
+    if stats.is_config_field(by):
+        return (by, "method_args") if by == "method" else (by,)
+    return ("method", "method_args")
+
+
+def compare(frame: pd.DataFrame, a: str, b: str, column: str, by: str = "label", claim: str | None = None,
+            unit: str = "top-1 points", confidence: float = CONFIDENCE, *,
+            treatment: str | Iterable[str] | None = None, floor: float | None = None,
+            caveats: Iterable[str] = ()) -> Verdict:
+    """Verdict on "b better than a" in `column` (higher is better), paired by seed.
+
+    The verdict is labelled with the config columns of `frame` in which the rows of the
+    two arms differ, other than `treatment` (fields or prefixes; default
+    `default_treatment`). `floor` and `caveats` go to `stats.decide`.
+    """
+    d = paired_difference(frame, a, b, column, by, confidence)
+    treatment = default_treatment(by) if treatment is None else treatment
+    confounds = stats.confounds(arm_configs(frame, a, by), arm_configs(frame, b, by), treatment)
+    return decide(d["per_seed"].values(), claim or f"{b} better than {a}", unit, "seeds", confidence,
+                  floor=floor, confounds=confounds, caveats=caveats)
+
+
+def status_text(v: Verdict) -> str:
+    """The verdict's status for a table cell, with its confounds when it has any."""
+    return v.status + (f" (confounded by {', '.join(stats.confound_labels(v.confounds))})" if v.confounds else "")
 
 
 def verdict_table(verdicts: Iterable[Verdict]) -> pd.DataFrame:
-    """One row per verdict: the claim, n, unit, mean difference [interval], verdict."""
-    return pd.DataFrame([{"claim": v.claim, "n": f"{v.n} {v.replicates}", "unit": v.unit,
-                          f"difference [{v.confidence:.0%} CI]": v.interval, "verdict": v.status} for v in verdicts])
+    """One row per verdict: the claim, n, unit, mean difference [interval], verdict, and
+    (when any verdict has them) its confounds and caveats."""
+    verdicts = list(verdicts)
+    out = pd.DataFrame([{"claim": v.claim, "n": f"{v.n} {v.replicates}", "unit": v.unit,
+                         f"difference [{v.confidence:.0%} CI]": v.interval, "verdict": v.status} for v in verdicts])
+    if any(v.confounds for v in verdicts):
+        out["confounded by"] = [", ".join(stats.confound_labels(v.confounds)) for v in verdicts]
+    if any(v.caveats for v in verdicts):
+        out["caveats"] = ["; ".join(v.caveats) for v in verdicts]
+    return out
 
 
 # ---------------------------------------------------------------- summary tables
@@ -196,7 +149,7 @@ def dml_verdicts(frame: pd.DataFrame, which: str = "last") -> dict[int, Verdict]
         g = frame[frame["method_args.peers"] == k]
         acc = g.assign(_acc=_peer_mean(g, int(k), which),
                        _arm=g["method_args.mutual"].map({True: "DML", False: "independent"}))
-        out[int(k)] = compare(acc, "independent", "DML", "_acc", by="_arm",
+        out[int(k)] = compare(acc, "independent", "DML", "_acc", by="_arm", treatment=("method_args.mutual",),
                               claim=f"K = {int(k)}: DML peers better than independent peers ({which} epoch)")
     return out
 
@@ -222,7 +175,7 @@ def dml_summary(frame: pd.DataFrame) -> pd.DataFrame:
             "peer train CE": mean_std(g[[f"last/train/ce/peer{i}" for i in range(k)]].mean(axis=1), 4),
             "ensemble top-1 % (last)": mean_std(g["last/test/average/top1"]),
             "gain over independent [95% CI]": gain.interval if gain else "",
-            "verdict": gain.status if gain else "",
+            "verdict": status_text(gain) if gain else "",
         })
     out = pd.DataFrame(rows).sort_values(["peers", "training"], ascending=[True, False])
     return out.reset_index(drop=True)
@@ -267,8 +220,11 @@ def deployed_top1(frame: pd.DataFrame, which: str = "last") -> pd.Series:
     return frame[col].fillna(net) if col in frame else net
 
 
-def one_verdicts(frame: pd.DataFrame, baseline: str, one: str, which: str = "last", by: str = "label") -> list[Verdict]:
-    """ONE against the baseline, paired by seed: branch 0 (deployed), mean branch, ONE-E."""
+def one_verdicts(frame: pd.DataFrame, baseline: str, one: str, which: str = "last", by: str = "label",
+                 treatment: str | Iterable[str] = ("method", "method_args"), caveats: Iterable[str] = ()) -> list[Verdict]:
+    """ONE against the baseline, paired by seed: branch 0 (deployed), mean branch, ONE-E.
+    The arms differ by `treatment` (the method and its arguments, e.g. the branch count);
+    any other config difference labels the verdicts."""
     heads = _branch_heads(frame[frame[by] == one].dropna(axis=1, how="all"))
     base = deployed_top1(frame, which)
     acc = frame.assign(
@@ -278,14 +234,17 @@ def one_verdicts(frame: pd.DataFrame, baseline: str, one: str, which: str = "las
     )
     names = {"_deployed": "branch 0 (deployed, same test cost)", "_mean_branch": "mean branch",
              "_ensemble": "ONE-E (gate ensemble)"}
-    return [compare(acc, baseline, one, col, by, claim=f"{one} {name} better than {baseline} ({which} epoch)")
+    return [compare(acc, baseline, one, col, by, claim=f"{one} {name} better than {baseline} ({which} epoch)",
+                    treatment=treatment, caveats=caveats)
             for col, name in names.items()]
 
 
 def pairwise_verdicts(frame: pd.DataFrame, pairs: Iterable[tuple[str, str]], columns: Mapping[str, str],
-                      by: str = "label") -> list[Verdict]:
-    """"b better than a" for every (a, b) pair and column {column: name}, paired by seed."""
-    return [compare(frame, a, b, col, by, claim=f"{b} better than {a} ({name})") for a, b in pairs for col, name in columns.items()]
+                      by: str = "label", treatment: str | Iterable[str] | None = None) -> list[Verdict]:
+    """"b better than a" for every (a, b) pair and column {column: name}, paired by seed;
+    `treatment` as in `compare` (default: the method and its arguments)."""
+    return [compare(frame, a, b, col, by, claim=f"{b} better than {a} ({name})", treatment=treatment)
+            for a, b in pairs for col, name in columns.items()]
 
 
 def dml_labels(frame: pd.DataFrame) -> pd.Series:
@@ -315,14 +274,86 @@ def beside_published(frame: pd.DataFrame, rows: Mapping[str, tuple[str, str, obj
     """Our error next to a published one, at the epoch convention of the published source.
 
     `rows`: name -> (label, head, `published.Published`); ours is taken at the entry's
-    `epoch` ("best" or "last") and both are shown with the source's label.
+    `epoch` ("best" or "last") and both are shown with the source's label. The name is
+    the first column, "result" (not an index: `present.table` shows no index).
     """
     out = []
     for name, (label, head, entry) in rows.items():
-        out.append({"": name, "ours: error %": error(frame, label, head, by, entry.epoch),
+        out.append({"result": name, "ours: error %": error(frame, label, head, by, entry.epoch),
                     "ours: epoch": BEST_LABEL if entry.epoch == "best" else "last",
                     "published": entry.text, "published: source": entry.label})
-    return pd.DataFrame(out).set_index("")
+    return pd.DataFrame(out, columns=["result", "ours: error %", "ours: epoch", "published", "published: source"])
+
+
+# ---------------------------------------------------------------- convergence (underfitting)
+
+def _run_head(row: Mapping, head: str | Mapping[str, str] | None, by: str) -> str:
+    """The head whose convergence is read: `head`, or {label: head}, else the run's deployed head."""
+    if isinstance(head, str):
+        return head
+    if isinstance(head, Mapping) and row.get(by) in head:
+        return head[row[by]]
+    deployed = row.get("deployed")
+    return deployed if isinstance(deployed, str) and deployed else "net"
+
+
+def arm_convergence(finals: pd.DataFrame, metrics: pd.DataFrame, label, by: str = "label",
+                    head: str | Mapping[str, str] | None = None, last: int | None = None) -> list[stats.Convergence]:
+    """`stats.convergence` of every run of one arm (runs matched by the `run` column)."""
+    out = []
+    for row in finals[finals[by] == label].to_dict("records"):
+        m = metrics[metrics["run"] == row["run"]]
+        if len(m):
+            out.append(stats.convergence(m, _run_head(row, head, by), last=last))
+    return out
+
+
+def _mean_convergence(convs: Sequence[stats.Convergence]) -> dict:
+    return {"train_error": float(np.mean([c.train_error for c in convs])),
+            "test_error": float(np.mean([c.test_error for c in convs])),
+            "slope": float(np.nanmean([c.slope for c in convs])) if any(math.isfinite(c.slope) for c in convs) else math.nan,
+            "last": max(c.last for c in convs)}
+
+
+def convergence_table(finals: pd.DataFrame, metrics: pd.DataFrame, by: str = "label",
+                      head: str | Mapping[str, str] | None = None, last: int | None = None, **thresholds) -> pd.DataFrame:
+    """One row per arm: final train and test error % (mean ± std over seeds), their gap, the
+    slope of the training error over the last epochs (points/epoch, negative = still
+    falling), and the underfitting caveat (`stats.underfit`, `thresholds` passed on).
+
+    `finals`: `runs.load_runs` rows (`run`, `by`, `deployed`); `metrics`: `runs.load_metrics`
+    rows (`run`, `epoch`, `train/<head>/top1`, `test/<head>/top1`). `head`: a head, a
+    {label: head} mapping, or None for each run's deployed head."""
+    rows = []
+    for label in finals[by].drop_duplicates():
+        convs = arm_convergence(finals, metrics, label, by, head, last)
+        if not convs:
+            rows.append({by: label, "runs": 0})
+            continue
+        mean = _mean_convergence(convs)
+        rows.append({
+            by: label, "runs": len(convs), "head": ",".join(sorted({c.head for c in convs})),
+            "train error % (last)": mean_std(pd.Series([c.train_error for c in convs])),
+            "test error % (last)": mean_std(pd.Series([c.test_error for c in convs])),
+            "gap (test - train)": mean_std(pd.Series([c.gap for c in convs])),
+            "train error slope (points/epoch)": mean_std(pd.Series([c.slope for c in convs])),
+            "slope over": f"last {mean['last']} of {max(c.epochs for c in convs)} epochs",
+            "caveat": stats.underfit(mean, **thresholds) or "",
+        })
+    return pd.DataFrame(rows)
+
+
+def underfit_caveats(finals: pd.DataFrame, metrics: pd.DataFrame, labels: Iterable, head: str | Mapping[str, str] | None = None,
+                     by: str = "label", last: int | None = None, **thresholds) -> list[str]:
+    """The `stats.underfit` caveat of each arm in `labels` (on its mean over seeds), named
+    by the arm, for `compare(..., caveats=...)`; arms that fitted give none."""
+    out = []
+    for label in labels:
+        convs = arm_convergence(finals, metrics, label, by, head, last)
+        caveat = stats.underfit(_mean_convergence(convs), name=str(label), **thresholds) if convs else None
+        if caveat:
+            out.append(caveat)
+    return out
 
 
 # ---------------------------------------------------------------- exact facts (nbval-checked)
@@ -448,6 +479,8 @@ def width_text(widths: Sequence[float], d_max: float, rise: float) -> str:
 
 #: the constant record of the teacher's test top-1 in a student's run (cooplib.methods.kd)
 TEACHER_TOP1 = "last/train/test_top1/teacher"
+#: a KD method against the pure student: the method and its arguments (teacher, alpha, T...)
+KD_TREATMENT = ("method", "method_args")
 
 
 def kd_table(finals: pd.DataFrame, pure: str = "student", head: str = "net", which: str = "last") -> pd.DataFrame:
@@ -463,8 +496,8 @@ def kd_table(finals: pd.DataFrame, pure: str = "student", head: str = "net", whi
                "student top-1 % [95% CI]": f"{mean:.2f}" + (f" [{low:.2f}, {high:.2f}]" if n > 1 else "")}
         if method != pure:
             v = compare(finals[finals["dataset"] == dataset], pure, method, column, by="method",
-                        claim=f"{method} better than the pure student ({dataset})")
-            row.update({"vs pure student [95% CI]": v.interval, "verdict": v.status})
+                        claim=f"{method} better than the pure student ({dataset})", treatment=KD_TREATMENT)
+            row.update({"vs pure student [95% CI]": v.interval, "verdict": status_text(v)})
         else:
             row.update({"vs pure student [95% CI]": "", "verdict": ""})
         teacher = g[TEACHER_TOP1].mean() if TEACHER_TOP1 in g and g[TEACHER_TOP1].notna().any() else float("nan")
@@ -477,7 +510,8 @@ def kd_table(finals: pd.DataFrame, pure: str = "student", head: str = "net", whi
 def kd_verdicts(finals: pd.DataFrame, pure: str = "student", head: str = "net", which: str = "last") -> list[Verdict]:
     """"<method> better than the pure student" per dataset, paired by seed."""
     column = f"{which}/test/{head}/top1"
-    return [compare(finals[finals["dataset"] == d], pure, m, column, by="method", claim=f"{m} better than the pure student ({d})")
+    return [compare(finals[finals["dataset"] == d], pure, m, column, by="method", treatment=KD_TREATMENT,
+                    claim=f"{m} better than the pure student ({d})")
             for d in finals["dataset"].unique() for m in finals[finals["dataset"] == d]["method"].unique() if m != pure]
 
 
@@ -494,6 +528,6 @@ def teacher_confound(crossed: pd.DataFrame, head: str = "net", which: str = "las
     matrix.loc["teacher's own top-1"] = teachers
     t0 = matrix.columns[0]
     verdicts = [compare(crossed.rename(columns={"teacher_seed": "teacher"}), t0, t, column, by="teacher",
-                        claim=f"teacher seed {t} gives better students than teacher seed {t0}")
+                        treatment=("method_args.teacher",), claim=f"teacher seed {t} gives better students than teacher seed {t0}")
                 for t in matrix.columns[1:]]
     return matrix.round(2), verdicts

@@ -40,13 +40,14 @@ def test_paired_difference_pairs_by_seed_with_t_interval():
     ([1.0, 1.2, 0.9], "supported", "supported at 3 seeds"),
     ([-1.0, -1.2, -0.9], "contradicted", "contradicted at 3 seeds"),
     ([1.0, -0.5, 0.2], "not resolved", "not resolved at 3 seeds"),
-    ([0.0, 0.0], "not resolved", "not resolved at 2 seeds"),  # a zero-width interval at 0
+    ([0.0, 0.0], "undecidable", "cannot be decided at 2 seeds: the replicates agree exactly"),  # zero spread
+    ([-0.56, -0.56], "undecidable", "every difference is -0.56"),  # not "contradicted" on a zero-width interval
     ([2.0], "undecidable", "cannot be decided at 1 seed"),
 ])
 def test_verdict_wording_follows_the_interval(diffs, status, words):
     v = report.decide(diffs, "B better than A")
     assert v.status == status and words in v.sentence and v.sentence.startswith("B better than A: ")
-    if len(diffs) >= 2:
+    if len(set(diffs)) >= 2:
         assert "95% CI [" in v.sentence and "[" in v.interval
     else:
         assert "no interval" in v.interval
@@ -137,3 +138,120 @@ def _curves():
                              "train_error": 0.0, "test_ce": 0.0, "test_error": 5.0 + d})
     return pd.DataFrame(rows)
 
+
+
+def test_report_reexports_the_statistics():
+    from cooplib import stats as st
+
+    assert report.decide is st.decide and report.Verdict is st.Verdict and report.t_interval is st.t_interval
+    assert report.CONFIDENCE == st.CONFIDENCE
+
+
+# ---------------------------------------------------------------- confounds from the run configs
+
+def _run(label, seed, acc, **config):
+    base = {"label": label, "seed": seed, "run": f"{label}-s{seed}", "run_dir": f"/runs/{label}-s{seed}",
+            "method": "baseline", "method_args": "{}", "model": "resnet8", "dataset": "fashion-mnist", "lr": 0.1,
+            "epochs": 12, "milestones": "[0.5, 0.75]", "train_size": 3000, "init_from": None, "weight_decay": 5e-4,
+            "last/test/net/top1": acc, "seconds": 10.0 + seed}
+    return base | config
+
+
+def test_compare_labels_config_differences_beyond_the_treatment():
+    rows = [_run("A", s, 90.0 + s) for s in range(3)]
+    rows += [_run("B", s, 91.0 + s * 1.1, lr=0.05, epochs=24, method="one",
+                  method_args='{"branches": 3}', **{"method_args.branches": 3}) for s in range(3)]
+    v = report.compare(pd.DataFrame(rows), "A", "B", "last/test/net/top1")
+    assert v.confounds == ("epochs", "lr") and v.sentence.endswith("; confounded by lr, epochs")
+    assert v.as_dict()["confounds"] == ("epochs", "lr")
+    # the same arms without the lr/epochs change are only the treatment (method and its arguments)
+    rows = [_run("A", s, 90.0 + s) for s in range(3)]
+    rows += [_run("B", s, 91.0 + s, method="one", **{"method_args.branches": 3}, seconds=99.0) for s in range(3)]
+    v = report.compare(pd.DataFrame(rows), "A", "B", "last/test/net/top1")
+    assert v.confounds == () and "confounded" not in v.sentence
+    assert report.compare(pd.DataFrame(rows), "A", "B", "last/test/net/top1", treatment="method").confounds == (
+        "method_args.branches",)
+    table = report.verdict_table([v, report.compare(pd.DataFrame(rows), "A", "B", "last/test/net/top1", treatment="method")])
+    assert list(table["confounded by"]) == ["", "method_args.branches"]
+
+
+@pytest.mark.parametrize("field, value", [("milestones", "[0.3, 0.6]"), ("train_size", 1000), ("init_from", "/runs/x")])
+def test_compare_labels_schedule_data_and_init(field, value):
+    rows = [_run("A", s, 90.0 + s) for s in range(2)] + [_run("B", s, 91.0 + s * 2, **{field: value}) for s in range(2)]
+    v = report.compare(pd.DataFrame(rows), "A", "B", "last/test/net/top1")
+    assert v.confounds == (field,) and f"({field})" in v.sentence
+
+
+def test_dml_and_kd_verdicts_differ_only_in_the_method():
+    rows = []
+    for mutual in (False, True):
+        for s in (0, 1):
+            r = _dml_row(2, mutual, s, (90.0 + mutual + s, 91.0 + 2 * mutual))
+            rows.append(r | {"method": "dml", "method_args": f'{{"mutual": {str(mutual).lower()}, "peers": 2}}',
+                             "lr": 0.1, "epochs": 12, "run_dir": f"/r/{mutual}{s}"})
+    assert report.dml_verdicts(pd.DataFrame(rows))[2].confounds == ()
+    rows[-1]["epochs"] = 24
+    assert report.dml_verdicts(pd.DataFrame(rows))[2].confounds == ("epochs",)
+    assert report.dml_summary(pd.DataFrame(rows)).set_index("training").loc["DML", "verdict"].endswith("(confounded by epochs)")
+    kd = [_run("s", s, 90.0 + s, method="student", dataset="cifar10") for s in range(2)]
+    kd += [_run("k", s, 91.0 + s * 0.5, method="kd", dataset="cifar10",
+                **{"method_args.teacher": f"/runs/t{s}", "method_args.alpha": 0.5}) for s in range(2)]
+    (v,) = report.kd_verdicts(pd.DataFrame(kd))
+    assert v.confounds == () and v.claim == "kd better than the pure student (cifar10)"
+    kd[-1]["lr"] = 0.05
+    assert report.kd_verdicts(pd.DataFrame(kd))[0].confounds == ("lr",)
+
+
+# ---------------------------------------------------------------- convergence
+
+def _finals_and_metrics():
+    finals, metrics = [], []
+    for label, train_end, test_end in (("fit", 2.0, 12.0), ("under", 18.0, 21.0)):
+        for s in range(2):
+            run = f"{label}-s{s}"
+            finals.append({"label": label, "run": run, "seed": s, "deployed": "net"})
+            for e in range(1, 9):
+                train = train_end + (8 - e) * 0.2 + 0.2 * s
+                metrics.append({"run": run, "epoch": e, "train/net/top1": 100 - train, "test/net/top1": 100 - test_end - 0.2 * s})
+    return pd.DataFrame(finals), pd.DataFrame(metrics)
+
+
+def test_convergence_table_and_underfit_caveats():
+    finals, metrics = _finals_and_metrics()
+    t = report.convergence_table(finals, metrics).set_index("label")
+    assert t.loc["fit", "train error % (last)"] == "2.10 ± 0.14" and t.loc["under", "test error % (last)"] == "21.10 ± 0.14"
+    assert t.loc["fit", "train error slope (points/epoch)"] == "-0.20 ± 0.00" and t.loc["fit", "slope over"] == "last 2 of 8 epochs"
+    assert t.loc["fit", "caveat"] == "" and t.loc["under", "caveat"].startswith("underfit: train error 18.1 % vs test 21.1 %")
+    caveats = report.underfit_caveats(finals, metrics, ["fit", "under"], head="net")
+    assert len(caveats) == 1 and caveats[0].endswith("(under)")
+    finals["seed"] = [0, 1, 0, 1]
+    finals["last/test/net/top1"] = [88.0, 88.2, 79.0, 78.5]
+    v = report.compare(finals, "under", "fit", "last/test/net/top1", caveats=caveats)
+    assert caveats[0] in v.sentence and v.caveats == tuple(caveats)
+
+
+# ---------------------------------------------------------------- beside the published numbers
+
+def test_beside_published_keeps_its_row_names_as_a_column():
+    from cooplib import published, present
+
+    entry = published.ONE_CIFAR100_ERROR["resnet32"]["baseline"]
+    frame = pd.DataFrame({"label": ["baseline"] * 2, "best/test/net/top1": [70.0, 71.0]})
+    out = report.beside_published(frame, {"ResNet-32 baseline": ("baseline", "net", entry)})
+    assert list(out.columns)[0] == "result" and out.loc[0, "result"] == "ResNet-32 baseline"
+    assert out.loc[0, "ours: error %"] == "29.50 ± 0.71" and out.loc[0, "published"] == "31.18"
+    assert "ResNet-32 baseline" in repr(present.table(out))  # the shown table keeps the name
+    shown = repr(present.table(published.kd_published_table()))
+    assert "RepDistiller pkt (CIFAR-100)" in shown and "RepDistiller crd (CIFAR-100)" in shown
+
+
+def test_repdistiller_rows_hold_pkt_and_crd_with_their_source():
+    from cooplib import published
+
+    rows = published.REPDISTILLER_CIFAR100_TOP1
+    assert {k: e.value for k, e in rows.items()} == {
+        "student": 69.06, "kd": 70.66, "fitnet": 69.21, "at": 70.55, "rkd": 69.61, "pkt": 70.34, "ft": 69.84,
+        "nst": 69.60, "crd": 71.16}
+    for e in rows.values():
+        assert "RepDistiller" in e.label and "Contrastive Representation Distillation" in e.label
+        assert "Table 1" in e.label and "resnet56 -> resnet20" in e.label and e.epoch == "last"
