@@ -18,6 +18,23 @@ Teammate is s = 1), sub-networks keep the *first* blocks of each stage.
 ``sample_size`` factors of S (always the smallest) per epoch / per step, a pure function
 of (seed, epoch[, step]) kept in a buffer, so a resumed run draws as an unbroken one.
 
+``term_reduction`` (how each network's loss terms are combined): "sum" (default; the
+paper's loss, a plain sum) or "mean", which divides the terms that update each network's
+weights by their number (``terms_per_network``): a Teammate's 1 CE + 1 KD from the Leader
++ 1 mutual KD + (b != 0) CE + 1 KD per trained factor, the Leader's 1 CE. Why: the sum gives
+a Teammate's weights a step several times larger than a CE-only network's at the same lr
+(the Leader and the independent baselines take single-CE steps), so an accuracy gain over
+them may be the effective learning rate. With every teacher detached, no gradient crosses
+networks, so "mean" at lr is exactly "sum" at lr / n_j for network j (gradient term;
+SGD momentum is linear; weight decay is not divided, i.e. "sum" at lr / n_j with weight
+decay n_j times larger). The coefficients (a_lead, a_mut, b, w(s)) stay inside the mean,
+so with SFSL (1/s > 1) the per-step gradient mass is ``coefficient_sum`` / n_j, still above
+one CE; ``weighting="normalised"`` as well brings it nearer.
+
+Factors that keep the same blocks (on ResNet-8 every factor is the full network) are a
+``ConfigError`` at construction (``models.depth.check_distinct``): S, 1.0 and
+``deploy_factor`` must be distinct sub-networks.
+
 Heads (eval): ``t1@s`` / ``t2@s`` for s in S and 1.0, and ``leader``. In training only the
 drawn factors' heads exist (train top-1 of a factor drawn in some steps only is averaged
 over the whole epoch). Deployed: T1 at ``deploy_factor``, exported as a plain ResNet.
@@ -30,12 +47,14 @@ import torch
 from torch import nn
 
 from .. import losses, models
+from ..errors import ConfigError, suggest
 from ..models import depth
 from ..registry import METHODS
 from .base import Learner, TrainState
 
 WEIGHTINGS = ("sfsl", "normalised", "uniform")
 RESAMPLES = ("fixed", "epoch", "step")
+TERM_REDUCTIONS = ("sum", "mean")
 
 
 def sfsl_weights(factors, weighting: str = "sfsl") -> dict[float, float]:
@@ -86,7 +105,7 @@ class CoopDepth(Learner):
     def __init__(self, teammates, leader: nn.Module | None, *, factors=(0.2, 0.4, 0.6, 0.8), spacing: str = "first",
                  temperature: float = 3.0, a_lead: float = 1.0, a_mut: float = 1.0, b: float = 1.0,
                  weighting: str = "sfsl", resample: str = "fixed", sample_size: int = 2,
-                 deploy_factor: float = 1.0) -> None:
+                 deploy_factor: float = 1.0, term_reduction: str = "sum") -> None:
         super().__init__()
         factors = sorted({float(s) for s in factors})
         if not factors or not all(0 < s < 1 for s in factors):
@@ -97,6 +116,9 @@ class CoopDepth(Learner):
             raise ValueError("one or two Teammates")
         if int(sample_size) < 1:
             raise ValueError(f"sample_size must be >= 1, got {sample_size!r}")
+        if term_reduction not in TERM_REDUCTIONS:
+            raise ConfigError(f"term_reduction must be one of {TERM_REDUCTIONS}, got {term_reduction!r}"
+                              f"{suggest(term_reduction, TERM_REDUCTIONS)}")
         self.teammates = nn.ModuleList(teammates)
         self.leader = leader
         self.factors, self.spacing, self.temperature = factors, spacing, float(temperature)
@@ -104,7 +126,11 @@ class CoopDepth(Learner):
         self.weighting, self.weights = weighting, sfsl_weights(factors, weighting)
         self.resample, self.sample_size = resample, min(int(sample_size), len(factors))
         self.deploy_factor = float(deploy_factor)
+        self.term_reduction = term_reduction
         depth.kept_blocks(self.teammates[0].blocks_per_stage, self.deploy_factor, spacing)  # validates it
+        # every factor evaluated (S, the full network, the deployed one) must be its own sub-network;
+        # resampling trains subsets of S, so checking S covers every draw
+        depth.check_distinct(self.teammates[0], [*factors, 1.0, self.deploy_factor], spacing, what="coop_depth")
         self.sampler = StepDraw()
 
     @property
@@ -120,6 +146,38 @@ class CoopDepth(Learner):
         pick = torch.randperm(len(rest), generator=g)[: self.sample_size - 1].tolist()
         return [self.factors[0]] + sorted(rest[i] for i in pick)
 
+    def factors_per_step(self) -> int:
+        """How many factors of S one training step trains (every draw has this many)."""
+        return len(self.factors) if self.resample == "fixed" else self.sample_size
+
+    def _teammate_terms(self, n_factors: int) -> int:
+        lead = int(self.leader is not None and bool(self.a_lead))
+        mut = int(len(self.teammates) == 2 and bool(self.a_mut))
+        return 1 + lead + mut + n_factors * (int(bool(self.b)) + 1)
+
+    def terms_per_network(self) -> dict[str, int]:
+        """Per network, the loss terms that update its weights in one training step:
+        ``{"t1": 1 + [a_lead] + [a_mut] + (1 + [b]) * factors_per_step(), ..., "leader": 1}``
+        (a bracket is 1 when that term is on). "mean" divides by these; under "sum" they
+        are the factor by which a network's step exceeds a one-term network's at the same
+        lr when the terms' gradients are of similar size."""
+        n = {name: self._teammate_terms(self.factors_per_step()) for name in self.names}
+        if self.leader is not None:
+            n["leader"] = 1
+        return n
+
+    def coefficient_sum(self, factors=None) -> dict[str, float]:
+        """Per network, the sum of the coefficients of its terms for ``factors`` (default:
+        all of S, what ``resample="fixed"`` trains each step), before "mean" divides:
+        ``1 + a_lead + a_mut + sum_s w(s) (b + 1)`` for a Teammate, 1 for the Leader."""
+        fs = self.factors if factors is None else [float(s) for s in factors]
+        lead = self.a_lead if self.leader is not None else 0.0
+        mut = self.a_mut if len(self.teammates) == 2 else 0.0
+        out = {name: 1.0 + lead + mut + sum(self.weights[s] * (self.b + 1.0) for s in fs) for name in self.names}
+        if self.leader is not None:
+            out["leader"] = 1.0
+        return out
+
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         factors = self.train_factors() if self.training else self.factors
         heads = {}
@@ -134,6 +192,7 @@ class CoopDepth(Learner):
     def loss(self, heads, y, state: TrainState):
         t = self.temperature
         parts: dict[str, torch.Tensor] = {}
+        terms: dict[str, int] = {"leader": 1}  # per network: terms updating its weights ("mean" divides by it)
         if self.leader is not None:
             parts["ce/leader"] = losses.cross_entropy(heads["leader"], y)
         for j, name in enumerate(self.names):
@@ -145,13 +204,18 @@ class CoopDepth(Learner):
                 other = head_name(self.names[1 - j], 1.0)
                 parts[f"kd_mut/{name}"] = self.a_mut * _kd(z, heads[other], t)
             sub_ce, sub_kd = z.new_zeros((), dtype=torch.float32), z.new_zeros((), dtype=torch.float32)
+            drawn = 0
             for s in self.factors:
                 h = heads.get(head_name(name, s))
                 if h is None:  # not drawn this step
                     continue
+                drawn += 1
                 sub_ce = sub_ce + self.weights[s] * self.b * losses.cross_entropy(h, y)
                 sub_kd = sub_kd + self.weights[s] * _kd(h, z, t)
             parts[f"sub_ce/{name}"], parts[f"sub_kd/{name}"] = sub_ce, sub_kd
+            terms[name] = self._teammate_terms(drawn)
+        if self.term_reduction == "mean":  # each network's terms / their number (parts still sum to the total)
+            parts = {k: v / terms[k.rsplit("/", 1)[1]] for k, v in parts.items()}
         if self.training:
             self.sampler.advance(state)
         return torch.stack(list(parts.values())).sum(), parts
@@ -173,13 +237,19 @@ def build_coop_depth(model: str, num_classes: int, in_channels: int = 3, *, lead
                      leader: bool = True, teammates: int = 2, mutual: bool = True, shortcut: str = "projection",
                      factors: tuple = (0.2, 0.4, 0.6, 0.8), spacing: str = "first", temperature: float = 3.0,
                      a_lead: float = 1.0, a_mut: float = 1.0, b: float = 1.0, weighting: str = "sfsl",
-                     resample: str = "fixed", sample_size: int = 2, deploy_factor: float = 1.0) -> CoopDepth:
-    """Registry factory: Teammates are ``model``, the Leader ``leader_model`` (default ``model``)."""
+                     resample: str = "fixed", sample_size: int = 2, deploy_factor: float = 1.0,
+                     term_reduction: str = "sum") -> CoopDepth:
+    """Registry factory: Teammates are ``model``, the Leader ``leader_model`` (default ``model``).
+
+    Factors that keep the same blocks of ``model`` (S, the full 1.0, ``deploy_factor``) are a
+    ``ConfigError`` before anything trains. ``term_reduction="mean"``: see the module doc.
+    Options left at their default are not stored in ``method_args``, so run names of
+    configs that do not set ``term_reduction`` are unchanged."""
     nets = [models.build(model, num_classes, in_channels, shortcut=shortcut) for _ in range(int(teammates))]
     lead = models.build(leader_model or model, num_classes, in_channels, shortcut=shortcut) if leader else None
     return CoopDepth(nets, lead, factors=factors, spacing=spacing, temperature=temperature, a_lead=a_lead,
                      a_mut=a_mut if mutual else 0.0, b=b, weighting=weighting, resample=resample,
-                     sample_size=sample_size, deploy_factor=deploy_factor)
+                     sample_size=sample_size, deploy_factor=deploy_factor, term_reduction=term_reduction)
 
 
 class DepthSingle(Learner):
@@ -208,4 +278,5 @@ def build_depth_single(model: str, num_classes: int, in_channels: int = 3, *, sh
     return DepthSingle(models.build(model, num_classes, in_channels, shortcut=shortcut))
 
 
-__all__ = ["CoopDepth", "DepthSingle", "StepDraw", "sfsl_weights", "head_name", "WEIGHTINGS", "RESAMPLES"]
+__all__ = ["CoopDepth", "DepthSingle", "StepDraw", "sfsl_weights", "head_name", "WEIGHTINGS", "RESAMPLES",
+           "TERM_REDUCTIONS"]

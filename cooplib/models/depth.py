@@ -8,6 +8,12 @@ and classifier are shared by every depth. Because every stage keeps the same k b
 a sub-network is exactly a plain ``CifarResNet`` with k blocks per stage (``export``),
 so its FLOPs are those of that network, counted by ``cooplib.flops``.
 
+Distinct budgets: on a shallow network several factors keep the same blocks (on ResNet-8,
+one block per stage, every factor is the full network), so a "sub-network" can be the full
+network under another name. ``distinct_budgets`` groups factors by the blocks they keep,
+``check_distinct`` refuses factors that collide and ``require_budgets`` refuses a design
+with too few distinct budgets; ``suggest_factors`` gives factors that keep different blocks.
+
 Multi-exit networks (``MultiExitResNet``) put a classifier after each stage, for BYOT and
 early-exit (BranchyNet / Shallow-Deep Networks) baselines.
 """
@@ -20,7 +26,8 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
-from .resnet import CifarResNet
+from ..errors import ConfigError
+from .resnet import Bottleneck, CifarResNet
 
 SPACINGS = ("first", "even")
 
@@ -36,6 +43,140 @@ def kept_blocks(n: int, factor: float, spacing: str = "first") -> list[int]:
     if spacing == "first" or k == 1:
         return list(range(k))
     return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)})
+
+
+#: basic-block depths a "use a deeper model" message may suggest, shallowest first
+SUGGESTED_DEPTHS = (20, 32, 44, 56, 110)
+
+
+def _blocks_and_name(model_or_n) -> tuple[int, str]:
+    """(blocks per stage, a name for messages) of a model name, a network or a block count."""
+    if isinstance(model_or_n, bool):
+        raise TypeError(f"expected a model name, a network or a block count, got {model_or_n!r}")
+    if isinstance(model_or_n, int):
+        if model_or_n < 1:
+            raise ValueError(f"blocks per stage must be >= 1, got {model_or_n}")
+        return model_or_n, f"a ResNet with {model_or_n} block{'s' if model_or_n != 1 else ''} per stage"
+    if isinstance(model_or_n, str):
+        from . import build
+
+        return build(model_or_n, 10).blocks_per_stage, model_or_n
+    n = getattr(model_or_n, "blocks_per_stage", None)
+    if not isinstance(n, int):
+        raise TypeError(f"expected a model name, a network with blocks_per_stage or a block count, got {model_or_n!r}")
+    if getattr(model_or_n, "block", None) is Bottleneck:
+        name = "resnet110_bottleneck" if n == 18 else f"a bottleneck ResNet with {n} blocks per stage"
+    else:
+        name = f"resnet{getattr(model_or_n, 'depth', 6 * n + 2)}"
+    return n, name
+
+
+def _per_stage(n: int) -> str:
+    return f"{n} block{'s' if n != 1 else ''} per stage"
+
+
+def _fmt(factors) -> str:
+    """'0.3, 0.6 and 1.0 (the full network)'."""
+    fs = [("1.0 (the full network)" if float(s) == 1.0 else f"{float(s):g}") for s in factors]
+    return fs[0] if len(fs) == 1 else ", ".join(fs[:-1]) + " and " + fs[-1]
+
+
+def _fmt_suggestion(factors) -> str:
+    """'[0.33, 0.66] with the full 1.0': the sub-network factors, then the full network."""
+    subs = [f"{s:g}" for s in factors if s < 1.0]
+    return f"[{', '.join(subs)}] with the full 1.0" if subs else "the full network alone"
+
+
+def distinct_budgets(model_or_n, factors: Iterable[float], spacing: str = "first") -> list[dict]:
+    """The distinct sub-networks (budgets) that ``factors`` give on a model, shallowest first.
+
+    ``model_or_n``: a model name (``"resnet20"``), a ``CifarResNet`` or its blocks per
+    stage. One row per distinct set of kept blocks: ``{"kept blocks": [...], "blocks per
+    stage": k, "factors": [the factors that keep them]}``. Every stage keeps the same k
+    blocks, so distinct kept-block sets are distinct FLOPs (FLOPs grow with k). The full
+    network counts only if 1.0 is among ``factors``.
+    """
+    n, _ = _blocks_and_name(model_or_n)
+    groups: dict[tuple[int, ...], list[float]] = {}
+    for s in sorted({float(s) for s in factors}):
+        groups.setdefault(tuple(kept_blocks(n, s, spacing)), []).append(s)
+    return [{"kept blocks": list(k), "blocks per stage": len(k), "factors": fs}
+            for k, fs in sorted(groups.items(), key=lambda kv: len(kv[0]))]
+
+
+def suggest_factors(model_or_n, count: int) -> list[float]:
+    """``count`` factors (the last is 1.0) keeping ``count`` different, evenly spread block
+    counts of a model, each the largest short decimal at most k/n (so it keeps k blocks)."""
+    n, name = _blocks_and_name(model_or_n)
+    if not 1 <= count <= n:
+        raise ValueError(f"{name} ({_per_stage(n)}) has {n} distinct budget{'s' if n != 1 else ''}, not {count}")
+    out = []
+    for i in range(1, count + 1):
+        k = math.ceil(round(i * n / count, 9))
+        for digits in range(2, 12):
+            s = math.floor(round(k / n * 10**digits, 6)) / 10**digits
+            if s > 0 and len(kept_blocks(n, s)) == k:
+                break
+        out.append(s)
+    return out
+
+
+def _deeper(n: int, count: int) -> list[tuple[str, int]]:
+    """Two basic-block models deeper than n blocks per stage with >= count blocks per stage."""
+    ks = [(d - 2) // 6 for d in SUGGESTED_DEPTHS]
+    ok = [k for k in ks if k > n and k >= count] or [max(count, n + 1)]
+    return [(f"resnet{6 * k + 2}", k) for k in ok[:2]]
+
+
+def _advice(n: int, name: str, count: int, fewer_ok: bool = True) -> str:
+    """'use a deeper model, e.g. ..., or factors that keep different blocks, e.g. ...'."""
+    (m1, k1), *rest = _deeper(n, count)
+    deeper = f"use a deeper model, e.g. {m1} ({_per_stage(k1)}) with factors {_fmt_suggestion(suggest_factors(k1, count))}"
+    if rest:
+        deeper += f", or {rest[0][0]} ({_per_stage(rest[0][1])})"
+    if count <= n:
+        return f"{deeper}; or factors that keep different blocks of {name}, e.g. {_fmt_suggestion(suggest_factors(n, count))}"
+    if n > 1 and fewer_ok:
+        return f"{deeper}; or at most {n} distinct budgets on {name}, e.g. factors {_fmt_suggestion(suggest_factors(n, n))}"
+    return f"{name} has only {n} distinct budget{'s' if n != 1 else ''}: {deeper}"
+
+
+def check_distinct(model_or_n, factors: Iterable[float], spacing: str = "first", what: str = "") -> list[dict]:
+    """Refuse factors of which two keep the same blocks (the same sub-network, the same FLOPs).
+
+    Raises ``ConfigError`` naming the model, its blocks per stage, the colliding factors,
+    their kept blocks and what to do; returns ``distinct_budgets`` otherwise. Pass every
+    factor the design evaluates, the full 1.0 included. ``what`` prefixes the message.
+    """
+    n, name = _blocks_and_name(model_or_n)
+    factors = sorted({float(s) for s in factors})
+    budgets = distinct_budgets(n, factors, spacing)
+    clashes = [b for b in budgets if len(b["factors"]) > 1]
+    if clashes:
+        said = "; ".join(f"factors {_fmt(b['factors'])} keep the same blocks {b['kept blocks']} of each stage"
+                         for b in clashes)
+        raise ConfigError(f"{what + ': ' if what else ''}{name} ({_per_stage(n)}): {said}, so they are the same "
+                          f"sub-network with the same FLOPs; {_advice(n, name, len(factors))}")
+    return budgets
+
+
+def require_budgets(model_or_n, factors: Iterable[float], minimum: int = 3, spacing: str = "first",
+                    what: str = "") -> list[dict]:
+    """``distinct_budgets``, or ``ConfigError`` when there are fewer than ``minimum`` of them.
+
+    For a chapter that compares depths: with fewer than ``minimum`` distinct kept-block
+    sets (distinct FLOPs) among ``factors`` (pass the full 1.0 too) there is no trade-off
+    to show. The message says how many distinct budgets there are and how to get more.
+    """
+    n, name = _blocks_and_name(model_or_n)
+    factors = sorted({float(s) for s in factors})
+    budgets = distinct_budgets(n, factors, spacing)
+    if len(budgets) < minimum:
+        have = "; ".join(f"{b['blocks per stage']} for {', '.join(f'{s:g}' for s in b['factors'])}" for b in budgets)
+        raise ConfigError(f"{what + ': ' if what else ''}{name} ({_per_stage(n)}): factors {_fmt(factors)} give "
+                          f"{len(budgets)} distinct budget{'s' if len(budgets) != 1 else ''} (blocks per stage kept: "
+                          f"{have}), fewer than the {minimum} needed; {_advice(n, name, minimum, fewer_ok=False)}")
+    return budgets
 
 
 def forward_at(net: CifarResNet, x: torch.Tensor, factor: float = 1.0, spacing: str = "first") -> torch.Tensor:
@@ -196,5 +337,5 @@ def exit_flops(multi: MultiExitResNet, input_shape: tuple[int, int, int]) -> lis
     return rows
 
 
-__all__ = ["SPACINGS", "kept_blocks", "forward_at", "export", "factor_table", "recalibrate_bn",
+__all__ = ["SPACINGS", "kept_blocks", "distinct_budgets", "suggest_factors", "check_distinct", "require_budgets", "forward_at", "export", "factor_table", "recalibrate_bn",
            "ExitHead", "MultiExitResNet", "ExitPath", "exit_flops"]
