@@ -255,3 +255,14 @@ def test_repdistiller_rows_hold_pkt_and_crd_with_their_source():
     for e in rows.values():
         assert "RepDistiller" in e.label and "Contrastive Representation Distillation" in e.label
         assert "Table 1" in e.label and "resnet56 -> resnet20" in e.label and e.epoch == "last"
+
+
+def test_teacher_confound_treats_the_teacher_as_the_treatment():
+    rows = [_run("kd", s, 90.0 + s + 0.5 * t + 0.1 * s * t, method="kd", teacher_seed=t,
+                 **{"method_args.teacher": f"/runs/teacher-s{t}", report.TEACHER_TOP1: 80.0 + t})
+            for s in range(3) for t in range(2)]
+    matrix, (v,) = report.teacher_confound(pd.DataFrame(rows))
+    assert v.confounds == () and v.differences == pytest.approx((0.5, 0.6, 0.7))
+    assert list(matrix.loc["teacher's own top-1"]) == [80.0, 81.0]
+    rows[1]["weight_decay"] = 1e-4  # seed 0's student of teacher 1 trained otherwise
+    assert report.teacher_confound(pd.DataFrame(rows))[1][0].confounds == ("weight_decay",)
