@@ -131,13 +131,16 @@ def _deeper(n: int, count: int) -> list[tuple[str, int]]:
 def _advice(n: int, name: str, count: int, fewer_ok: bool = True) -> str:
     """'use a deeper model, e.g. ..., or factors that keep different blocks, e.g. ...'."""
     (m1, k1), *rest = _deeper(n, count)
-    deeper = f"use a deeper model, e.g. {m1} ({_per_stage(k1)}) with factors {_fmt_suggestion(suggest_factors(k1, count))}"
+    there = _fmt_suggestion(suggest_factors(k1, count))
+    deeper = f"use a deeper model, e.g. {m1} ({_per_stage(k1)}) with factors {there}"
     if rest:
         deeper += f", or {rest[0][0]} ({_per_stage(rest[0][1])})"
     if count <= n:
-        return f"{deeper}; or factors that keep different blocks of {name}, e.g. {_fmt_suggestion(suggest_factors(n, count))}"
+        same = _fmt_suggestion(suggest_factors(n, count))
+        return f"{deeper}; or factors that keep different blocks of {name}, e.g. {same}"
     if n > 1 and fewer_ok:
-        return f"{deeper}; or at most {n} distinct budgets on {name}, e.g. factors {_fmt_suggestion(suggest_factors(n, n))}"
+        every = _fmt_suggestion(suggest_factors(n, n))
+        return f"{deeper}; or at most {n} distinct budgets on {name}, e.g. factors {every}"
     return f"{name} has only {n} distinct budget{'s' if n != 1 else ''}: {deeper}"
 
 
@@ -337,5 +340,6 @@ def exit_flops(multi: MultiExitResNet, input_shape: tuple[int, int, int]) -> lis
     return rows
 
 
-__all__ = ["SPACINGS", "kept_blocks", "distinct_budgets", "suggest_factors", "check_distinct", "require_budgets", "forward_at", "export", "factor_table", "recalibrate_bn",
+__all__ = ["SPACINGS", "kept_blocks", "distinct_budgets", "suggest_factors", "check_distinct", "require_budgets",
+           "forward_at", "export", "factor_table", "recalibrate_bn",
            "ExitHead", "MultiExitResNet", "ExitPath", "exit_flops"]
