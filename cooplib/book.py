@@ -176,6 +176,40 @@ def check_notebook_parameters(notebook: str, namespace: dict) -> None:
         problem = type_mismatch(namespace.get(name), default) if name in namespace else None
         if problem:
             raise ConfigError(f"notebook {notebook!r}: parameter {name} {problem}")
+    LAST_CHECK.clear()
+    LAST_CHECK.update(notebook=notebook, profile=namespace.get("profile"),
+                      hand_set=hand_set(notebook, namespace, declared))
+
+
+#: what the last `check_notebook_parameters` found: the notebook, its profile, and the
+#: parameters whose values are not the profile's (set by hand, e.g. `papermill -p`)
+LAST_CHECK: dict = {}
+
+
+def hand_set(notebook: str, namespace: dict, declared: dict[str, str] | None = None) -> dict:
+    """{name: value} of the notebook's parameters that differ from its profile's entry
+    (or, where the profile does not set one, from the notebook's default)."""
+    import ast
+
+    declared = declared if declared is not None else notebook_parameters(notebook)
+    try:
+        entry = dict(load_profile(str(namespace.get("profile"))).get("notebooks", {}).get(notebook) or {})
+    except ConfigError:
+        entry = {}
+    out = {}
+    for name, source in declared.items():
+        if name in INJECTED or name not in namespace:
+            continue
+        try:
+            expected = entry[name] if name in entry else ast.literal_eval(source)
+        except (ValueError, SyntaxError):
+            continue
+        value = namespace[name]
+        if isinstance(expected, tuple) or isinstance(value, tuple):
+            expected, value = list(expected) if isinstance(expected, tuple) else expected, list(value) if isinstance(value, tuple) else value
+        if value != expected:
+            out[name] = value
+    return out
 
 
 def runs_dir_for(profile: dict) -> Path:
@@ -373,12 +407,34 @@ def _write_build_info(profile: dict, runs_root: Path, timings: dict[str, float])
         f"{'CUDA: ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU only'}; "
         f"run directories under `{_shown(runs_root)}`.",
         "",
-        "| notebook | seconds to execute |",
+        training_cost(runs_root),
+        "",
+        "| notebook | seconds to execute this time (complete runs are reused, not retrained) |",
         "|---|---|",
         *[f"| {nb} | {sec:.1f} |" for nb, sec in timings.items()],
         "",
     ]
     (EXECUTED / "build_info.md").write_text("\n".join(lines))
+
+
+def training_cost(runs_root: Path) -> str:
+    """The training time the runs recorded (their epochs' seconds), by method: what the book cost."""
+    import json
+
+    by_method: dict[str, list[float]] = {}
+    for final in sorted(Path(runs_root).glob("*/final.json")) if Path(runs_root).exists() else []:
+        try:
+            seconds = float(json.loads(final.read_text()).get("seconds") or 0.0)
+            method = json.loads((final.parent / "config.json").read_text())["config"]["method"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        by_method.setdefault(method, []).append(seconds)
+    if not by_method:
+        return "No complete run records were found to sum the training time."
+    total = sum(sum(v) for v in by_method.values())
+    parts = ", ".join(f"{m} {sum(v) / 60:.1f} min ({len(v)} runs)" for m, v in sorted(by_method.items()))
+    return (f"Training cost: {sum(len(v) for v in by_method.values())} runs recorded {total / 60:.1f} min of "
+            f"training and evaluation epochs ({parts}).")
 
 
 def build(profile: str | None = None) -> Path:
@@ -388,6 +444,8 @@ def build(profile: str | None = None) -> Path:
     book/_executed holds them, else its published ones (book/published/<profile>/)."""
     if profile is not None and _executed_profile() != profile:
         _restore_published(profile)
+    if EXECUTED.exists() and any(EXECUTED.glob("*.ipynb")):
+        write_findings()
     missing = [e["file"] for e in _toc_chapters() if not (REPO_ROOT / f"{e['file']}.ipynb").exists() and not (REPO_ROOT / f"{e['file']}.md").exists()]
     if missing or not (EXECUTED / "build_info.md").exists():
         raise ConfigError(
@@ -397,6 +455,19 @@ def build(profile: str | None = None) -> Path:
     index = jupyter_book(REPO_ROOT)
     print(f"[cooplib.book] open {index}")
     return index
+
+
+def write_findings() -> Path:
+    """book/_executed/findings.md: every chapter's verdicts, read back from the executed notebooks."""
+    from . import findings
+
+    name = _executed_profile()
+    try:
+        profile = load_profile(name) if name else None
+    except ConfigError:
+        profile = None
+    chapters = [Path(e["file"]).name for e in _toc_chapters() if e["file"].startswith("book/_executed/")]
+    return findings.write(EXECUTED, chapters, profile)
 
 
 def _toc_chapters() -> list[dict]:

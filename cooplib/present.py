@@ -9,6 +9,7 @@ also has a plain-text form, so nbval compares what it shows and `print` still wo
 from __future__ import annotations
 
 import html
+import math
 import os
 import platform
 import subprocess
@@ -70,9 +71,62 @@ def bullets(items: Iterable[str], lead: str | None = None) -> Prose:
     return Prose("\n".join(([lead, ""] if lead else []) + lines))
 
 
-def verdicts(items, lead: str | None = None) -> Prose:
-    """Each `report.Verdict` as one bullet: the claim, its interval and what it supports."""
-    return bullets((v.sentence for v in items), lead)
+#: the mime type under which a displayed verdict carries its record (collected by `cooplib.findings`)
+VERDICT_MIME = "application/vnd.cooplib.verdicts+json"
+
+
+def _json_safe(value):
+    """NaN/inf -> None, tuples -> lists: a notebook's JSON must stay strict."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    return value
+
+
+def verdict_records(items) -> list[dict]:
+    """The records of `stats.Verdict`s as the Findings page reads them."""
+    keys = ("claim", "n", "mean", "ci_low", "ci_high", "status", "confidence", "unit", "replicates",
+            "confounds", "caveats", "interval", "sentence")
+    return [_json_safe({k: v.as_dict().get(k) for k in keys}) for v in items]
+
+
+class Verdicts(Prose):
+    """Verdicts shown as Markdown (or an HTML table) that also carry their records.
+
+    The record travels in the output under `VERDICT_MIME`, which the book does not render,
+    so the Findings page is computed from the executed notebooks, never typed.
+    """
+
+    def __init__(self, markdown: str, items, html_table: str | None = None) -> None:
+        super().__init__(markdown)
+        self.records = verdict_records(items)
+        self.html_table = html_table
+
+    def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
+        bundle = {"text/plain": self.markdown, VERDICT_MIME: self.records}
+        if self.html_table is not None:
+            bundle["text/html"] = self.html_table
+        else:
+            bundle["text/markdown"] = self.markdown
+        return bundle
+
+
+def verdicts(items, lead: str | None = None) -> Verdicts:
+    """Each `stats.Verdict` as one bullet: the claim, its interval and what it supports."""
+    items = list(items)
+    return Verdicts(bullets((v.sentence for v in items), lead).markdown, items)
+
+
+def verdict_table(items, caption: str | None = None) -> Verdicts:
+    """The verdicts as an HTML table (claim, n, difference [CI], verdict, confounds), with their records."""
+    from .report import verdict_table as frame
+
+    items = list(items)
+    shown = Table(frame(items), caption)
+    return Verdicts(repr(shown), items, html_table=shown._repr_html_())
 
 
 def _commit() -> str:
@@ -112,13 +166,71 @@ def provenance(profile: str) -> Prose:
                  f"executed {time.strftime('%Y-%m-%d')}.*")
 
 
-def profile_note(profile: str) -> Prose:
-    """What the profile's numbers can and cannot show, from its own description."""
+def _values(frame: pd.DataFrame, column: str) -> list:
+    if column not in frame:
+        return []
+    return sorted({v for v in frame[column].dropna().tolist()}, key=str)
+
+
+def _join(items) -> str:
+    def one(v) -> str:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not v.is_integer()):
+            return str(v)
+        return f"{int(v):,}"
+
+    return ", ".join(one(v) for v in items)
+
+
+def what_ran(runs: pd.DataFrame) -> str:
+    """One sentence computed from the runs' own records: data, sizes, models, epochs, seeds."""
+    if runs is None or len(runs) == 0:
+        return "No runs were loaded."
+    n = runs["run_dir"].nunique() if "run_dir" in runs else len(runs)
+    parts = [f"{n} run{'s' if n != 1 else ''}"]
+    data = _join(_values(runs, "dataset"))
+    sizes = []
+    if _values(runs, "data.n_train"):
+        sizes.append(f"{_join(_values(runs, 'data.n_train'))} training")
+    if _values(runs, "data.n_test"):
+        sizes.append(f"{_join(_values(runs, 'data.n_test'))} test images")
+    parts.append(data + (f" ({' / '.join(sizes)})" if sizes else ""))
+    if _values(runs, "model"):
+        parts.append(f"model {_join(_values(runs, 'model'))}")
+    epochs = _values(runs, "epochs_done") or _values(runs, "epochs")
+    if epochs:
+        parts.append(f"{_join(epochs)} epochs")
+    if _values(runs, "seed"):
+        parts.append(f"seeds {_join(_values(runs, 'seed'))}")
+    return "What ran: " + "; ".join(parts) + "."
+
+
+def profile_note(profile: str, runs: pd.DataFrame | None = None) -> Prose:
+    """Where the page's numbers come from: the profile (or the parameters set by hand, when
+    the notebook's parameters are not its profile's), and what ran, from the runs' records.
+
+    A profile whose YAML says `evidence: false` (the smoke profile) is a wiring check: its
+    page says so once, plainly, and points to the published real-data profile's findings.
+    """
     from . import book
     from .errors import ConfigError
 
     try:
-        description = " ".join(str(book.load_profile(profile).get("description", "")).split())
+        spec = book.load_profile(profile)
     except ConfigError:
-        description = ""
-    return Prose(f"These numbers come from the **`{profile}`** profile" + (f": {description}" if description else "."))
+        spec = {}
+    changed = book.LAST_CHECK.get("hand_set") if book.LAST_CHECK.get("profile") == profile else None
+    if changed:
+        settings = ", ".join(f"`{k} = {v!r}`" for k, v in changed.items())
+        lines = [f"These numbers come from **parameters set by hand** ({settings}), not from the `{profile}` profile."]
+    else:
+        description = " ".join(str(spec.get("description", "")).split())
+        lines = [f"These numbers come from the **`{profile}`** profile" + (f": {description}" if description else ".")]
+    if runs is not None:
+        lines.append(what_ran(runs))
+    if spec.get("evidence", True) is False and not changed:
+        published = [n for n in book.profile_names() if n != profile and book.load_profile(n).get("publish")]
+        where = (f" The questions are answered by the real-data profile `{published[0]}`: its Findings page gathers "
+                 f"every verdict (`python -m cooplib.book build --profile {published[0]}`)." if published else "")
+        lines.append(f"**Verdicts on this page are a wiring check, not evidence**: a few seeds of tiny networks on "
+                     f"small images exercise every code path but cannot resolve the comparisons.{where}")
+    return Prose("\n\n".join(lines))
