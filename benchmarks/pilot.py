@@ -6,7 +6,7 @@ flagship arms (baseline, ONE-3, DML-2 and its independent peers) on Fashion-MNIS
 candidate sizes over many seeds, and writes one JSON per call to `benchmarks/results/`
 with, per candidate: each arm's test and training top-1 per seed, the paired
 differences' standard deviation, and the seeds needed for a 95 % half-width of 1.0 and
-0.5 points (`cooplib.report.seeds_for_half_width`).
+0.5 points (`cooplib.stats.seeds_for_half_width`).
 
     python benchmarks/pilot.py --out /tmp/pilot --cluster local:12   # a GPU machine
     python benchmarks/pilot.py --quick --out /tmp/pilot-quick         # minutes on a CPU
@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import math
 import platform
 import shlex
 import sys
@@ -32,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from cooplib import experiment, runs  # noqa: E402
 from cooplib.config import RunConfig  # noqa: E402
+from cooplib.stats import seeds_for_half_width  # noqa: E402
 
 ARMS = {  # name -> (method, method_args, test head(s) whose mean is the arm's accuracy)
     "baseline": ("baseline", {}, ["net"]),
@@ -41,16 +41,6 @@ ARMS = {  # name -> (method, method_args, test head(s) whose mean is the arm's a
     "independent peer": ("dml", {"peers": 2, "mutual": False}, ["peer0", "peer1"]),
 }
 COMPARISONS = [("ONE branch0", "baseline"), ("ONE-E", "baseline"), ("DML peer", "independent peer")]
-
-
-def seeds_needed(sd: float, half_width: float, confidence: float = 0.95, most: int = 50) -> int | None:
-    """Smallest n >= 2 with t_{n-1} * sd / sqrt(n) <= half_width (None beyond `most`)."""
-    from scipy import stats
-
-    for n in range(2, most + 1):
-        if stats.t.ppf(0.5 + confidence / 2, n - 1) * sd / math.sqrt(n) <= half_width:
-            return n
-    return None
 
 
 def candidate_configs(cand: dict, seeds: list[int]) -> dict[tuple[str, int], RunConfig]:
@@ -98,7 +88,7 @@ def main(argv=None) -> None:
             d = np.subtract(row["arms"][b]["test_top1"], row["arms"][a_]["test_top1"])
             sd = float(d.std(ddof=1))
             row["comparisons"][f"{b} - {a_}"] = {"differences": d.round(4).tolist(), "mean": float(d.mean()), "sd": sd,
-                                                 "seeds_for_1.0": seeds_needed(sd, 1.0), "seeds_for_0.5": seeds_needed(sd, 0.5)}
+                                                 "seeds_for_1.0": seeds_for_half_width(sd, 1.0), "seeds_for_0.5": seeds_for_half_width(sd, 0.5)}
         results.append(row)
     import torch
 

@@ -6,7 +6,8 @@ Each page is loaded from file:// (no server, no network) through Chromium's DevT
 protocol, after its scripts (MathJax) ran. A page fails on: a Python traceback or a
 stderr block, a literal `{name}` placeholder or unrendered `\\(` math in the text, a
 figure wider than the text column (the browser would shrink its text), a table printed
-as text instead of HTML, a request to anything but a local file (a CDN), a missing
+as text instead of HTML, a table whose row labels were lost (blank first header), a numpy
+scalar's repr (`np.int64(3)`) in the text, a request to anything but a local file (a CDN), a missing
 image or asset, or a forbidden string (e.g. the build machine's absolute path).
 """
 from __future__ import annotations
@@ -44,6 +45,15 @@ _PAGE_CHECKS = r"""
     const placeholder = text.match(/\{[A-Za-z_][A-Za-z0-9_.\[\]'"!:]*\}/);
     if (placeholder) problems.push('literal placeholder ' + placeholder[0] + ' in: ' + text.trim().slice(0, 100));
     if (/\\\(|\\\[/.test(text)) problems.push('unrendered math: ' + text.trim().slice(0, 100));
+    const scalar = text.match(/\bnp\.(int|float|bool|str)_?\d*\(/);
+    if (scalar) problems.push('numpy repr ' + scalar[0] + ' in: ' + text.trim().slice(0, 100));
+  }
+  for (const table of article.querySelectorAll('table')) {
+    const header = table.querySelector('thead tr');
+    const rows = table.querySelectorAll('tbody tr');
+    if (header && rows.length >= 2 && header.cells.length >= 2 && !header.cells[0].innerText.trim()) {
+      problems.push('table without row labels (blank first header): ' + Array.from(header.cells).slice(1, 3).map(c => c.innerText.trim()).join(', '));
+    }
   }
   for (const img of article.querySelectorAll('img')) {
     if (!img.complete || img.naturalWidth === 0) { problems.push('missing image ' + img.getAttribute('src')); continue; }

@@ -19,6 +19,7 @@ from typing import Iterable
 
 import pandas as pd
 
+from . import stats
 from .present import VERDICT_MIME
 
 #: a comparison in top-1 points is "precise" when its 95 % half-width is at most this
@@ -76,6 +77,9 @@ def gather(notebooks: Iterable[Path]) -> pd.DataFrame:
         return frame
     frame["half_width"] = [(h - lo) / 2 if h is not None and lo is not None else math.nan
                            for lo, h in zip(frame["ci_low"], frame["ci_high"])]
+    frame["seeds_needed"] = [stats.seeds_for_half_width(stats.sd_from_interval(n, lo, h), TARGET_HALF_WIDTH)
+                             if u == "top-1 points" else None
+                             for n, lo, h, u in zip(frame["n"], frame["ci_low"], frame["ci_high"], frame["unit"])]
     return frame
 
 
@@ -84,12 +88,14 @@ def _cell(text: str) -> str:
 
 
 def _table(frame: pd.DataFrame) -> str:
-    head = ["section", "claim", "n", "difference [95 % CI]", "half-width", "verdict", "confounded by", "caveats"]
+    head = ["section", "claim", "n", "difference [95 % CI]", "half-width", f"seeds for ±{TARGET_HALF_WIDTH:g} at this spread",
+            "verdict", "confounded by", "caveats"]
     rows = []
     for r in frame.itertuples():
         link = f'<a href="{r.notebook}.html#{anchor(r.section)}">{_cell(r.chapter)}: {_cell(r.section)}</a>'
         hw = f"{r.half_width:.2f}" if isinstance(r.half_width, float) and math.isfinite(r.half_width) else ""
-        cells = [link, _cell(r.claim), f"{r.n} {_cell(r.replicates)}", _cell(r.interval) + f" {_cell(r.unit)}", hw,
+        need = "" if r.seeds_needed is None or r.seeds_needed != r.seeds_needed else str(int(r.seeds_needed))
+        cells = [link, _cell(r.claim), f"{r.n} {_cell(r.replicates)}", _cell(r.interval) + f" {_cell(r.unit)}", hw, need,
                  f"<strong>{_cell(r.status)}</strong>", _cell(", ".join(r.confounds or [])), _cell("; ".join(r.caveats or []))]
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     return ('<div class="cooplib-table-wrap"><table class="dataframe cooplib-table">\n<thead><tr>'
@@ -120,7 +126,9 @@ def page(notebooks: Iterable[Path], profile: dict | None = None) -> str:
              "a paired comparison over seeds with its 95 % t-interval: *supported* (the interval lies above 0), "
              "*contradicted* (below 0), *not resolved* (it contains 0) or *undecidable* (fewer than 2 replicates, or "
              "replicates that agree exactly). *Confounded by* names the run settings in which the arms differ beyond "
-             "the treatment; *caveats* name underfit runs and other limits.", ""]
+             "the treatment; *caveats* name underfit runs and other limits. For comparisons in top-1 points, "
+             f"*seeds for ±{TARGET_HALF_WIDTH:g}* is the power calculation at the spread this build measured: the "
+             f"seeds a 95 % half-width of {TARGET_HALF_WIDTH:g} point would need (`stats.seeds_for_half_width`).", ""]
     if profile and profile.get("evidence", True) is False:
         lines += [f"**This build is the `{name}` profile: its verdicts are a wiring check, not evidence.**", ""]
     if frame.empty:

@@ -91,6 +91,29 @@ def binomial_sd(acc_percent: float, n_test: int) -> float:
     return 100.0 * math.sqrt(p * (1 - p) / n_test)
 
 
+def seeds_for_half_width(sd: float, half_width: float, confidence: float = CONFIDENCE, most: int = 100) -> int | None:
+    """The power calculation of a profile: the smallest n >= 2 whose t-interval of a mean
+    of paired differences with standard deviation `sd` has half-width <= `half_width`
+    (t_{n-1} sd / sqrt(n)); None when more than `most` would be needed."""
+    from scipy import stats as sps
+
+    if not (math.isfinite(sd) and sd >= 0 and half_width > 0):
+        return None
+    for n in range(2, most + 1):
+        if sps.t.ppf(0.5 + confidence / 2, n - 1) * sd / math.sqrt(n) <= half_width:
+            return n
+    return None
+
+
+def sd_from_interval(n: int, low: float, high: float, confidence: float = CONFIDENCE) -> float:
+    """The sample sd behind a t-interval [low, high] of n replicates (nan when n < 2)."""
+    from scipy import stats as sps
+
+    if n is None or n < 2 or low is None or high is None:
+        return math.nan
+    return (high - low) / 2 * math.sqrt(n) / float(sps.t.ppf(0.5 + confidence / 2, n - 1))
+
+
 def _clean(values: Iterable[float]) -> np.ndarray:
     return np.asarray([x for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))], float)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from cooplib import book, bookcheck
+from cooplib import book, bookcheck, findings
 
 pytestmark = pytest.mark.skipif(bookcheck.find_browser() is None,
                                 reason="no Chromium installed (Debian: apt install chromium)")
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.skipif(bookcheck.find_browser() is None,
 ROOT = book.REPO_ROOT
 
 
-def _book_tree(tmp_path: Path, executed: list[Path], info: str) -> Path:
+def _book_tree(tmp_path: Path, executed: list[Path], info: str, profile: str) -> Path:
     """A copy of the book's sources with `executed` as its chapters; returns the tree."""
     tree = tmp_path / "book-tree"
     (tree / "book" / "_executed").mkdir(parents=True)
@@ -34,19 +34,21 @@ def _book_tree(tmp_path: Path, executed: list[Path], info: str) -> Path:
         shutil.copy2(nb, target)
         book.collapse_code(target)
     (tree / "book" / "_executed" / "build_info.md").write_text(info)
+    findings.write(tree / "book" / "_executed", [nb.stem for nb in executed], book.load_profile(profile))
     return tree
 
 
 def _assert_clean(html: Path, forbidden: tuple[str, ...]) -> None:
     report = bookcheck.check(html, forbidden=forbidden)
-    chapters = [p for p in report if "_executed" in p]
+    chapters = [p for p in report if "_executed" in p and not p.endswith("findings.html")]
     assert len(chapters) == len(list(ROOT.glob("notebooks/*.ipynb"))), report.keys()
+    assert any(p.endswith("findings.html") for p in report), report.keys()
     bad = {page: problems for page, problems in report.items() if problems}
     assert not bad, "\n".join(f"{page}: {problems}" for page, problems in bad.items())
 
 
 def test_smoke_book_reads_clean_in_chromium(tmp_path):
-    tree = _book_tree(tmp_path, sorted((ROOT / "notebooks").glob("*.ipynb")), "the smoke profile (test build)")
+    tree = _book_tree(tmp_path, sorted((ROOT / "notebooks").glob("*.ipynb")), "the smoke profile (test build)", "smoke")
     index = book.jupyter_book(tree)
     _assert_clean(index.parent, forbidden=(str(ROOT), str(tree)))
 
@@ -62,7 +64,7 @@ def test_published_book_reads_clean_in_chromium(tmp_path):
         for path in source.rglob("*"):
             if path.is_file():
                 assert not absolute.search(path.read_text()), f"{path} names an absolute path of the machine that built it"
-        tree = _book_tree(tmp_path / source.name, notebooks, (source / "build_info.md").read_text())
+        tree = _book_tree(tmp_path / source.name, notebooks, (source / "build_info.md").read_text(), source.name)
         index = book.jupyter_book(tree)
         _assert_clean(index.parent, forbidden=(str(ROOT), str(tree)))
 
@@ -80,6 +82,9 @@ def test_checker_catches_what_a_reader_would_trip_on(tmp_path):
       <article style="width:700px"><p>Gain of {{gain:.2f}} points</p>
       <div class="cell_output"><img src="{png.name}"></div><img src="missing.png">
       <div class="output stderr"><pre>Warning: something</pre></div>
+      <p>K = np.int64(2) peers</p>
+      <table><thead><tr><th></th><th>ours: error %</th><th>published</th></tr></thead>
+      <tbody><tr><td>a</td><td>1</td><td>2</td></tr><tr><td>b</td><td>3</td><td>4</td></tr></tbody></table>
       <div class="cell_output"><pre>label  runs  seeds
 baseline  2  [0, 1]
 ONE-3  2  [0, 1]</pre></div><p>/secret/build/path</p></article></body></html>""")
@@ -87,5 +92,6 @@ ONE-3  2  [0, 1]</pre></div><p>/secret/build/path</p></article></body></html>"""
     assert report["clean.html"] == []
     found = " | ".join(report["bad.html"])
     for expected in ("literal placeholder {gain:.2f}", "figure 1600 px wide", "missing image missing.png",
-                     "stderr", "table printed as text", "network request", "contains '/secret/build/path'"):
+                     "stderr", "table printed as text", "network request", "numpy repr np.int64(",
+                     "table without row labels", "contains '/secret/build/path'"):
         assert expected in found, (expected, found)

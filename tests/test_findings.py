@@ -102,3 +102,15 @@ def test_training_cost_sums_recorded_seconds(tmp_path):
     text = book.training_cost(tmp_path)
     assert text.startswith("Training cost: 3 runs recorded 2.2 min")
     assert "baseline 0.8 min (1 runs), one 1.5 min (2 runs)" in text
+
+
+def test_power_calculation_inverts_the_interval():
+    from scipy import stats as sps
+
+    v = stats.decide([0.2, -0.3, 0.5, 0.1], "x")
+    sd = stats.sd_from_interval(v.n, v.ci_low, v.ci_high)
+    assert sd == pytest.approx(float(pd.Series([0.2, -0.3, 0.5, 0.1]).std()))
+    n = stats.seeds_for_half_width(0.38, 1.0)
+    assert sps.t.ppf(0.975, n - 1) * 0.38 / n ** 0.5 <= 1.0 < sps.t.ppf(0.975, n - 2) * 0.38 / (n - 1) ** 0.5
+    assert n == 3 and stats.seeds_for_half_width(0.84, 0.5) == 14
+    assert stats.seeds_for_half_width(50.0, 0.01) is None
