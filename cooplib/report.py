@@ -302,7 +302,7 @@ def arm_convergence(finals: pd.DataFrame, metrics: pd.DataFrame, label, by: str 
     """`stats.convergence` of every run of one arm (runs matched by the `run` column)."""
     out = []
     for row in finals[finals[by] == label].to_dict("records"):
-        m = metrics[metrics["run"] == row["run"]]
+        m = metrics[metrics["run"] == row["run"]].drop_duplicates("epoch")  # a run shared by several labels
         if len(m):
             out.append(stats.convergence(m, _run_head(row, head, by), last=last))
     return out
