@@ -97,10 +97,14 @@ def head_curves(metrics: pd.DataFrame, heads: list[str] | None = None, col: str 
     return grid.figure
 
 
-def perturbation(curves: pd.DataFrame, title: str | None = None, x_label: str = "distance d along a random unit direction"):
+def perturbation(curves: pd.DataFrame, title: str | None = None, x_label: str = "distance d along a random unit direction",
+                 rise: float | None = 1.0):
     """Train CE and test error against the perturbation distance (ONE paper, Figure 3).
 
-    One thin line per random direction and a bold line for their mean, per solution.
+    One thin line per random direction and a bold line for their mean, per solution. With
+    `rise` (nats), the train-CE panel marks each solution's CE at d = 0 plus `rise` (the
+    level whose crossing defines the width) and is scaled to show that crossing rather
+    than the blow-up far beyond it.
     """
     _style()
     fig, axes = plt.subplots(1, 2, figsize=(PAGE_WIDTH, 3.3), constrained_layout=True)
@@ -111,7 +115,13 @@ def perturbation(curves: pd.DataFrame, title: str | None = None, x_label: str = 
                 ax.plot(d["distance"], d[col], color=palette[solution], alpha=0.25, lw=0.8)
             mean = g.groupby("distance")[col].mean()
             ax.plot(mean.index, mean.values, color=palette[solution], lw=2.5, label=f"{solution} (mean)")
+            if col == "train_ce" and rise is not None and len(mean):
+                ax.axhline(float(mean.iloc[0]) + rise, color=palette[solution], ls="--", lw=1)
         ax.set(xlabel=x_label, ylabel=label, title=label)
+    if rise is not None and len(curves):
+        start = curves[curves["distance"] == curves["distance"].min()].groupby("solution")["train_ce"].mean()
+        axes[0].set_ylim(0, float(start.max()) + 3 * rise)
+        axes[0].set_title(f"train cross-entropy (dashed: d = 0 + {rise:g} nat)")
     axes[0].legend()
     if title:
         fig.suptitle(title)
@@ -131,8 +141,12 @@ def cka_heatmaps(matrices: dict, title: str | None = None, vmin: float = 0.0, vm
         sns.heatmap(m.astype(float), ax=ax, vmin=vmin, vmax=vmax, cmap="viridis", annot=True, fmt=".2f", cbar=False,
                     annot_kws={"size": 7})
         ax.set(title=name, xlabel="student stage", ylabel="teacher stage")
+        ax.tick_params(axis="x", labelrotation=30, labelsize=7)
+        ax.tick_params(axis="y", labelrotation=0, labelsize=7)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
+    scale = plt.cm.ScalarMappable(cmap="viridis", norm=plt.Normalize(vmin, vmax))
+    fig.colorbar(scale, ax=axes, shrink=0.8, label="linear CKA")
     if title:
         fig.suptitle(title)
     return fig
