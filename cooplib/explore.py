@@ -40,7 +40,7 @@ def curves(metrics: pd.DataFrame, by: str = "label", variants=None, heads=None, 
     plots._style()
     fig, ax = plt.subplots(figsize=(plots.PAGE_WIDTH, 3.4 + 0.2 * legend_rows), constrained_layout=True)
     sns.lineplot(data=df, x="epoch", y=key, hue="line", ax=ax, errorbar="sd")
-    ax.set(ylabel=stat, title=f"{stat} per epoch (mean ± sd over seeds {sorted(df['seed'].unique())})")
+    ax.set(ylabel=stat, title=f"{stat} per epoch (mean ± sd over seeds {', '.join(str(int(s)) for s in sorted(df['seed'].unique()))})")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize="small")
     return fig
 
@@ -57,7 +57,7 @@ def last_epoch_table(metrics: pd.DataFrame, by: str = "label", variants=None, he
         if chosen:
             df = df[df[column].isin(list(chosen))]
     return (df.groupby([by, "head"], sort=False)
-              .agg(**{f"{stat} (last epoch)": (key, mean_std), "seeds": ("seed", lambda s: sorted(set(s)))})
+              .agg(**{f"{stat} (last epoch)": (key, mean_std), "seeds": ("seed", lambda s: ", ".join(str(int(x)) for x in sorted(set(s))))})
               .reset_index())
 
 
