@@ -118,6 +118,7 @@ def summary(frame: pd.DataFrame) -> str:
 
 def page(notebooks: Iterable[Path], profile: dict | None = None) -> str:
     """The Findings page as MyST Markdown."""
+    notebooks = list(notebooks)
     frame = gather(notebooks)
     name = (profile or {}).get("name") or (frame["profile"].dropna().iloc[0] if not frame.empty and frame["profile"].notna().any() else "?")
     lines = ["# Findings", "",
@@ -131,8 +132,12 @@ def page(notebooks: Iterable[Path], profile: dict | None = None) -> str:
              f"seeds a 95 % half-width of {TARGET_HALF_WIDTH:g} point would need (`stats.seeds_for_half_width`).", ""]
     if profile and profile.get("evidence", True) is False:
         lines += [f"**This build is the `{name}` profile: its verdicts are a wiring check, not evidence.**", ""]
-    if frame.empty:
-        lines.append("No chapter stated a verdict in this build.")
+    if frame.empty and notebooks:
+        lines.append("The executed notebooks of this build carry no verdict records: they were executed before "
+                     "cooplib recorded its verdicts, or no chapter stated one. Re-execute them "
+                     f"(`python -m cooplib.book run --profile {name}`) to fill this page.")
+    elif frame.empty:
+        lines.append("No chapter was executed in this build.")
     else:
         lines += [summary(frame), "", "```{raw} html", _table(frame), "```"]
     return "\n".join(lines) + "\n"
