@@ -67,12 +67,13 @@ class RunConfig:
     init_from: str | None = None
     # where and how fast
     device: str = "auto"  # auto = cuda if available else cpu
-    # auto = bf16 autocast on CUDA and on a CPU with native bf16 (avx512_bf16/amx_bf16,
-    # ~2x faster there at equal accuracy; $COOPLIB_CPU_BF16=0/1 overrides), else fp32.
+    # auto = bf16 autocast on CUDA and on a CPU with native bf16 (avx512_bf16/amx_bf16:
+    # ~2x faster there; a CPU without it emulates bf16, 10x slower, and keeps fp32;
+    # $COOPLIB_CPU_BF16=0/1 overrides the detection). fp32: precision="fp32".
     # The resolved value is recorded in config.json ("resolved") and kept on resume;
     # "auto" itself is what names the run, so run names do not change.
     precision: str = "auto"
-    channels_last: bool | None = None  # None = on for CUDA and for a CPU computing in bf16
+    channels_last: bool | None = None  # None = on for CUDA and CPU (faster there in fp32 and bf16), off on MPS
     sync_bn: bool | None = None  # several processes (cooplib.ddp): BN over the global batch; None = on CUDA
     compile: bool = False
     deterministic: bool = False

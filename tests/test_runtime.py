@@ -37,10 +37,11 @@ def test_detection_reads_the_cpu_flags(monkeypatch):
         runtime.cpu_bf16_supported()
 
 
-def test_channels_last_goes_with_bf16_on_the_cpu():
+def test_channels_last_by_default_on_cpu_and_cuda_not_mps():
     assert runtime.use_channels_last(None, CPU, torch.bfloat16) is True
-    assert runtime.use_channels_last(None, CPU, None) is False
+    assert runtime.use_channels_last(None, CPU, None) is True
     assert runtime.use_channels_last(None, CUDA, None) is True
+    assert runtime.use_channels_last(None, MPS, None) is False
     assert runtime.use_channels_last(False, CPU, torch.bfloat16) is False
     assert runtime.use_channels_last(True, CPU, None) is True
 
@@ -54,7 +55,8 @@ def test_resolve_new_recorded_and_legacy_runs(monkeypatch):
     # a run keeps what it recorded, whatever the detection says now
     monkeypatch.setenv(runtime.CPU_BF16_ENV, "0")
     assert runtime.resolve(cfg, CPU, recorded=new) == new
-    assert runtime.resolve(cfg, CPU) == {"precision": "fp32", "channels_last": False, "cpu_bf16": False}
+    assert runtime.resolve(cfg, CPU) == {"precision": "fp32", "channels_last": True, "cpu_bf16": False}
+    assert runtime.resolve(cfg.replace(channels_last=False), CPU)["channels_last"] is False
     # a run started before the record existed: the old rules (fp32, contiguous on the CPU)
     monkeypatch.setenv(runtime.CPU_BF16_ENV, "1")
     legacy = runtime.resolve(cfg, CPU, started=True)

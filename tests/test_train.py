@@ -127,7 +127,7 @@ def test_resumed_run_keeps_the_precision_it_started_with(tiny_data, tmp_path, on
     assert _same_weights(tmp_path / "ref", tmp_path / "cut")
     assert _strip_time(res.metrics) == _strip_time(ref.metrics)
     want = {"precision": "bf16", "channels_last": True, "cpu_bf16": True} if started == "1" else \
-        {"precision": "fp32", "channels_last": False, "cpu_bf16": False}
+        {"precision": "fp32", "channels_last": True, "cpu_bf16": False}
     assert runs.read_json(tmp_path / "cut" / runs.CONFIG)["resolved"] == want
     # and the other answer computes something else (so the check above means something)
     other = train.fit(baseline(tiny_data), tiny_data, cfg, tmp_path / "other")
@@ -135,19 +135,30 @@ def test_resumed_run_keeps_the_precision_it_started_with(tiny_data, tmp_path, on
 
 
 def test_run_from_before_the_record_resumes_in_fp32(tiny_data, tmp_path, one_thread, monkeypatch):
-    """A run directory without `resolved` was started when "auto" meant fp32 on the CPU:
-    it stays fp32 (bit-identical resume) although the CPU now defaults to bf16."""
+    """A run directory whose config.json has no `resolved` was started when "auto" meant
+    fp32 and the contiguous layout on the CPU: it keeps them (bit-identical resume)
+    although the CPU now defaults to bf16 and channels_last."""
     cfg = small_config(epochs=3)
-    monkeypatch.setenv("COOPLIB_CPU_BF16", "0")
-    ref = train.fit(baseline(tiny_data), tiny_data, cfg, tmp_path / "ref")
-    _interrupt_at(tmp_path / "cut", tiny_data, cfg, at=(1, 1))
-    meta = runs.read_json(tmp_path / "cut" / runs.CONFIG)
-    del meta["resolved"]  # as written by cooplib before this record existed
-    runs.write_json(tmp_path / "cut" / runs.CONFIG, meta)
     monkeypatch.setenv("COOPLIB_CPU_BF16", "1")
+
+    def legacy(run_dir):  # config.json as cooplib wrote it before the record existed
+        meta = train._run_metadata(cfg, tiny_data, torch.device("cpu"))
+        del meta["resolved"]
+        runs.RunDir(run_dir).path.mkdir(parents=True)
+        runs.RunDir(run_dir).create(meta)
+
+    legacy(tmp_path / "ref")
+    ref = train.fit(baseline(tiny_data), tiny_data, cfg, tmp_path / "ref")
+    legacy(tmp_path / "cut")
+    _interrupt_at(tmp_path / "cut", tiny_data, cfg, at=(1, 1))
     res = train.fit(baseline(tiny_data, seed=123), tiny_data, cfg, tmp_path / "cut")
     assert _same_weights(tmp_path / "ref", tmp_path / "cut")
     assert _strip_time(res.metrics) == _strip_time(ref.metrics)
+    # the same run in fp32 + contiguous from scratch today: identical; with the new default: not
+    plain = train.fit(baseline(tiny_data), tiny_data, cfg.replace(precision="fp32", channels_last=False), tmp_path / "plain")
+    assert _strip_time(plain.metrics) == _strip_time(ref.metrics)
+    new = train.fit(baseline(tiny_data), tiny_data, cfg, tmp_path / "new")
+    assert _strip_time(new.metrics) != _strip_time(ref.metrics)
 
 
 KILLED_RUN = """
