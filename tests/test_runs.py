@@ -278,6 +278,7 @@ def test_orphans_and_uncommitted_files_are_removed_on_resume(quadrants_npz, tmp_
     manifest = runs.read_json(cut / runs.COMMIT)
     del manifest["files"]["final"]
     manifest["state"] = "running"
+    manifest["config_sha256"] = runs.sha256((cut / runs.CONFIG).read_bytes())  # the config this record holds
     runs.write_json(cut / runs.COMMIT, manifest)
     (cut / ".model-0002.safetensors.abc.tmp").write_bytes(b"partial")
     (cut / "checkpoint-0002.pt").write_bytes(b"uncommitted")
