@@ -128,7 +128,8 @@ def perturbation(curves: pd.DataFrame, title: str | None = None, x_label: str = 
     return fig
 
 
-def cka_heatmaps(matrices: dict, title: str | None = None, vmin: float = 0.0, vmax: float = 1.0):
+def cka_heatmaps(matrices: dict, title: str | None = None, vmin: float = 0.0, vmax: float = 1.0,
+                 label: str = "debiased linear CKA"):
     """One CKA heatmap per entry {name: DataFrame(rows: teacher stages, cols: student stages)}."""
     import math
 
@@ -146,7 +147,7 @@ def cka_heatmaps(matrices: dict, title: str | None = None, vmin: float = 0.0, vm
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     scale = plt.cm.ScalarMappable(cmap="viridis", norm=plt.Normalize(vmin, vmax))
-    fig.colorbar(scale, ax=axes, shrink=0.8, label="linear CKA")
+    fig.colorbar(scale, ax=axes, shrink=0.8, label=label)
     if title:
         fig.suptitle(title)
     return fig
