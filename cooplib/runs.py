@@ -545,7 +545,7 @@ class RunDir:
         the lock and without writing anything (a read-only run root is fine); None when
         the run is not complete. A different config, or `resume=False`, is `admit`'s error;
         a damaged record is an error naming the file."""
-        if not os.path.lexists(self.path / CONFIG) and not os.path.lexists(self.path / COMMIT):
+        if not os.path.lexists(self.path / CONFIG):  # new, or damaged: the locked path says which
             return None
         manifest = self.manifest()
         if manifest is None or manifest["state"] != "complete":
@@ -1035,7 +1035,9 @@ def _verify_command(root: Path) -> int:
     """One line per run (intact or DAMAGED, with its problems and notes); 1 if any is damaged."""
     if not root.is_dir():
         raise RunDirError(f"{root} is not a run directory nor a folder of runs (no such folder)")
-    found = find_runs(root)
+    rd = RunDir(root)
+    is_run = not os.path.lexists(root / CONFIG) and (os.path.lexists(root / COMMIT) or rd.epoch_files())
+    found = [root] if is_run else find_runs(root)  # a run that lost its config.json is reported, not skipped
     if not found:
         raise RunDirError(f"{root} is not a run directory nor a folder of runs (no {CONFIG} under it)")
     bad = 0

@@ -484,3 +484,15 @@ def test_a_second_process_wanting_the_same_run_waits_and_reuses_it(quadrants_npz
     finally:
         first.kill()
         first.wait()
+
+
+def test_a_run_that_lost_its_config_is_reported_and_never_restarted(quadrants_npz, trained, tmp_path, capsys):
+    run_dir = copy_run(trained, tmp_path / "run")
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    (run_dir / runs.CONFIG).unlink()
+    del before[runs.CONFIG]
+    assert runs.main(["verify", str(run_dir)]) == 1
+    assert f"DAMAGED {run_dir}" in capsys.readouterr().out
+    with pytest.raises(RunDirError, match=r"config.json is missing although the run has a commit.*nothing was changed"):
+        experiment.run(config(quadrants_npz), run_dir=run_dir)
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.name != runs.LOCK} == before

@@ -7,6 +7,7 @@ run: nothing lost, nothing stale, no gap.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import signal
 import subprocess
@@ -205,8 +206,9 @@ def test_a_run_directory_has_one_trainer_at_a_time(quadrants_npz, tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(run_dir)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
+        no_wait = {"wait": False} if "wait" in inspect.signature(experiment.run).parameters else {}
         with pytest.raises(RunLockedError, match=rf"is being trained by pid {holder.pid} on "):
-            experiment.run(config(quadrants_npz, epochs=1), run_dir=run_dir)
+            experiment.run(config(quadrants_npz, epochs=1), run_dir=run_dir, **no_wait)
         assert not (run_dir / runs.CONFIG).exists()
     finally:
         holder.kill()  # SIGKILL: the OS releases the lock with the process
