@@ -323,7 +323,7 @@ def check_meta(meta: Any, path: Path) -> dict:
         RunConfig.from_dict(meta["config"])
     except (ConfigError, TypeError, ValueError) as exc:
         raise RunDirError(f"{path}: {exc} (written by another cooplib version, or edited?)") from None
-    for key, kind in (("data", dict), ("versions", dict), ("resolved", dict), ("created", str)):
+    for key, kind in (("data", dict), ("versions", dict), ("resolved", dict), ("provenance", dict), ("created", str)):
         need(key not in meta or isinstance(meta[key], kind), f"field {key!r}", f"must be {'an object' if kind is dict else 'a string'}")
     need(meta.get("device_name") is None or isinstance(meta["device_name"], str), "field 'device_name'", "must be a string")
     for key in ("num_classes", "in_channels", "n_train", "n_test"):
