@@ -3,10 +3,16 @@
 This is what notebooks call. Each config gets its own run directory named after it
 (`RunConfig.run_name`, which includes a hash of the config), so re-executing a notebook
 reuses complete runs, resumes interrupted ones, and never mixes two configs.
+
+A run trained from other runs (a KD ``teacher``, an ``init_from`` parent) records their
+identity when it starts (`run_identity`, config.json ``provenance``) and refuses to resume
+or be reused after one of them changed; a complete run is reused and loaded without them
+(its own weights are its record), so moving or deleting a teacher or parent keeps it.
 """
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -17,7 +23,7 @@ from . import data as datasets
 from . import methods, runs
 from .config import RunConfig
 from .errors import ConfigError, RunDirError, SweepError
-from .train import RunResult, fit
+from .train import RunInterrupted, RunResult, check_data, check_provenance, fit
 
 
 def runs_root(out_dir: str | Path | None = None, profile: str | None = None) -> Path:
@@ -55,27 +61,88 @@ def build_learner(config: RunConfig, data: datasets.ImageData) -> tuple[methods.
     With `config.init_from` the weights come from that run (`Learner.init_from`:
     strict load, or a method's own transformation such as branch expansion).
     """
+    learner, opt_state, _ = _build_learner(config, data)
+    return learner, opt_state
+
+
+def _build_learner(config: RunConfig, data: datasets.ImageData) -> tuple[methods.Learner, dict | None, dict]:
+    """`build_learner`, and the identities of the runs it was built from (`run_identity`
+    by role: ``teacher``, ``init_from``) that `fit` records and checks on resume. A
+    teacher or parent that does not fit `data` is a `ConfigError` before anything is built."""
+    from .methods import kd
+
+    provenance: dict[str, dict] = {}
+    teacher = config.method_args.get("teacher")
+    if config.method in kd.KINDS and isinstance(teacher, (str, os.PathLike)) and str(teacher):
+        teacher_dir = runs.RunDir(teacher)
+        if teacher_dir.state == "complete":  # else the factory says it is not a complete run
+            provenance["teacher"] = run_identity(teacher_dir.path)
+            why = kd.teacher_mismatch(provenance["teacher"], data.num_classes, data.in_channels, data.name)
+            if why:
+                raise ConfigError(why)
     torch.manual_seed(config.seed)
     learner = methods.build(config.method, config.model, data.num_classes, data.in_channels, **config.method_args)
     if config.init_from is None:
-        return learner, None
+        return learner, None, provenance
     parent_dir = runs.RunDir(config.init_from)
     if parent_dir.state != "complete":
         raise RunDirError(f"init_from={str(parent_dir.path)!r} is not a complete run (status {parent_dir.state!r}); train it first")
+    ident = provenance["init_from"] = run_identity(parent_dir.path)
+    if (ident["num_classes"], ident["in_channels"]) != (data.num_classes, data.in_channels):
+        raise ConfigError(f"init_from={ident['run']} does not fit this run's data: it was trained on {ident['dataset']!r} "
+                          f"({ident['num_classes']} classes, {ident['in_channels']} channels), this run trains on "
+                          f"{data.name!r} ({data.num_classes} classes, {data.in_channels} channels)")
     parent = load_learner(parent_dir.path)
     opt_state = parent_dir.checkpoint()["optimizer"]
-    return learner, learner.init_from(parent, opt_state)
+    return learner, learner.init_from(parent, opt_state), provenance
+
+
+def run_identity(run_dir: str | Path) -> dict:
+    """What identifies a complete run that another is trained from: its name and path,
+    the sha256 of its last weights as its commit.json records them, its dataset (name,
+    classes, channels, fingerprint), method, model and options (to rebuild its shape
+    without it), seed and last-epoch test top-1 of its primary head."""
+    run = runs.RunDir(run_dir)
+    manifest = run.manifest()
+    if manifest is None or manifest["state"] != "complete":
+        raise RunDirError(f"{run.path} is not a complete run (status {run.state!r}); train it first")
+    meta = run.meta(manifest)
+    cfg, data, final = meta["config"], meta.get("data") or {}, run.final()
+    head = final.get("primary_head", "net")
+    return {
+        "run": run.path.name, "path": str(run.path.resolve()), "weights_sha256": manifest["files"]["last"]["sha256"],
+        "dataset": data.get("name"), "num_classes": data.get("num_classes"), "in_channels": data.get("in_channels"),
+        "data_fingerprint": data.get("fingerprint"), "method": cfg["method"], "model": cfg["model"],
+        "method_args": cfg.get("method_args") or {}, "seed": cfg.get("seed"),
+        "primary_head": head, "top1": final["last"].get(f"test/{head}/top1"),
+    }
 
 
 def load_learner(run_dir: str | Path, weights: str = "last") -> methods.Learner:
     """Rebuild the Learner of a run directory with its `last` or `best` weights
-    (safetensors, checked against the checksum recorded at commit; no pickle)."""
+    (safetensors, checked against the checksum recorded at commit; no pickle).
+
+    A distilled student is built with an untrained teacher of the shape its record holds
+    (`kd.recorded_teacher`): its weights hold the teacher's, so its teacher run is not
+    read and may be moved or gone (a record from before teacher identities were kept
+    still needs it)."""
+    from .methods import kd
+
     run = runs.RunDir(run_dir)
+    meta = run.meta()
     config = run.config()
     state = run.weights(weights)
-    data = run.meta()["data"]
+    data = meta["data"]
+    teacher = (meta.get("provenance") or {}).get("teacher") if config.method in kd.KINDS else None
     torch.manual_seed(config.seed)
-    learner = methods.build(config.method, config.model, data["num_classes"], data["in_channels"], **config.method_args)
+    try:
+        with kd.recorded_teacher(teacher) if teacher else nullcontext():
+            learner = methods.build(config.method, config.model, data["num_classes"], data["in_channels"], **config.method_args)
+    except ConfigError as exc:
+        if config.method in kd.KINDS and not teacher and "is not a complete run" in str(exc):
+            raise ConfigError(f"{run.path} was recorded before cooplib kept a student's teacher identity, so it needs "
+                              f"its teacher run to be rebuilt: {exc}. Restore the teacher run there") from None
+        raise
     learner.load_state_dict(state, strict=True)
     return learner
 
@@ -87,8 +154,35 @@ def run(config: RunConfig, out_dir: str | Path | None = None, *, run_dir: str | 
 
 
 def _train(config: RunConfig, data: datasets.ImageData, target: Path, resume: bool = True) -> RunResult:
-    learner, opt_state = build_learner(config, data)
-    return fit(learner, data, config, target, resume=resume, initial_optimizer_state=opt_state)
+    done = _reuse(config, data, Path(target), resume)
+    if done is not None:  # complete: neither its teacher nor its parent is needed
+        return done
+    learner, opt_state, provenance = _build_learner(config, data)
+    return fit(learner, data, config, target, resume=resume, initial_optimizer_state=opt_state, provenance=provenance)
+
+
+def _reuse(config: RunConfig, data: datasets.ImageData, target: Path, resume: bool) -> RunResult | None:
+    """The complete run of `config` at `target` (None when there is none), read without
+    the lock: its data must have the recorded fingerprint, and a teacher or parent it was
+    trained from that is still there must still be the run it was (a moved or deleted
+    one is fine: the run's own record stands)."""
+    run = runs.RunDir(target)
+    got = run.reuse(config, resume)
+    if got is None:
+        return None
+    meta = run.meta()
+    check_data(run, data, meta)
+    recorded = meta.get("provenance") or {}
+    for role, path in (("teacher", config.method_args.get("teacher")), ("init_from", config.init_from)):
+        if role not in recorded or not isinstance(path, (str, os.PathLike)) or not str(path):
+            continue
+        try:
+            ident = run_identity(path)
+        except RunDirError:  # moved, deleted, incomplete or damaged: not the run it was, nor another
+            continue
+        check_provenance(run, {role: ident}, meta)
+    final, records = got
+    return RunResult(run.path, final, records)
 
 
 def run_all(configs: Iterable[RunConfig], out_dir: str | Path | None = None, *, cluster: Any = None) -> list[Path]:
@@ -123,6 +217,8 @@ def _run_serial(unique: dict[Path, RunConfig]) -> dict[Path, BaseException]:
             if key not in cache:
                 cache[key] = load_data(config)
             _train(config, cache[key], target)
+        except RunInterrupted:  # SIGTERM: stop the sweep, as Ctrl-C does
+            raise
         except Exception as exc:  # reported with its run directory once the others are done
             failures[target] = exc
     return failures

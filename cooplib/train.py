@@ -11,11 +11,22 @@ committed.
 
 The step has no host synchronisation: loss terms and correct counts accumulate in
 device tensors that are read once per epoch.
+
+What a run was trained from is recorded when it starts and checked when it is resumed or
+reused: the data (`cooplib.data.fingerprint`, in config.json's ``data.fingerprint``) and
+the runs it depends on (``provenance``: a KD teacher, an ``init_from`` parent; see
+`cooplib.experiment.run_identity`). A run that stops early says so in one line naming its
+run directory and how to resume it: Ctrl-C (the KeyboardInterrupt is re-raised), SIGTERM
+(`RunInterrupted`) and a failed write such as a full disk (`StorageError`).
 """
 from __future__ import annotations
 
+import errno
 import math
 import os
+import signal
+import sys
+import threading
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -26,10 +37,23 @@ from safetensors.torch import save as safetensors_save
 
 from . import ddp, metrics, runs, runtime
 from .config import RunConfig
-from .data import DeviceLoader, ImageData
-from .errors import DivergedError
+from .data import DeviceLoader, ImageData, fingerprint
+from .errors import CooplibError, DivergedError, RunDirError
 from .methods.base import Learner, TrainState
 from .optim import carry_optimizer_state, gradient_ratio, lr_factor, make_optimizer, set_lr
+
+
+class RunInterrupted(CooplibError):
+    """The run was stopped by a signal (SIGTERM) after its last commit; it resumes from there."""
+
+
+class StorageError(RunDirError, OSError):
+    """Writing the run's record failed (disk full, read-only, I/O error); it resumes from its last commit."""
+
+
+class _Terminated(BaseException):
+    """Raised by the SIGTERM handler inside `fit` (a BaseException, like KeyboardInterrupt,
+    so that no `except Exception` on the way swallows it)."""
 
 
 @dataclass
@@ -57,6 +81,7 @@ def fit(
     *,
     resume: bool = True,
     initial_optimizer_state: dict | None = None,
+    provenance: dict | None = None,
 ) -> RunResult:
     """Train `learner` on `data` as `config` says, recording everything in `run_dir`.
 
@@ -67,24 +92,136 @@ def fit(
     `initial_optimizer_state` (per-parameter state such as momentum, e.g. from
     `Learner.init_from`) is loaded into a fresh run's optimizer; its hyperparameters
     (lr, momentum, ...) stay those of `config`.
+    `provenance` (role -> identity of a run this one depends on: ``teacher``,
+    ``init_from``) is recorded in config.json when the run starts; resuming (or reusing)
+    with another identity is an error, and so is data with another fingerprint.
+    Ctrl-C, SIGTERM and a failed write (disk full) end with one line naming the run
+    directory and how to resume it (resuming is unaffected: bit-identical).
     """
     run = runs.RunDir(run_dir)
     device = runtime.resolve_device(config.device)
     main = ddp.is_main()  # under torchrun, rank 0 alone locks and writes the run directory
-    with run.lock() if main else nullcontext():
+    try:
+        with _sigterm_raises(), run.lock() if main else nullcontext():
+            if main:
+                run.admit(config, resume)
+                if not (run.path / runs.CONFIG).exists():
+                    run.create(_run_metadata(config, data, device, provenance))
+                else:
+                    meta = run.meta()
+                    check_data(run, data, meta)
+                    check_provenance(run, provenance, meta)
+            ckpt = run.recover() if main else None  # verified once; other ranks read it after the barrier
+            ddp.barrier()
+            if run.state == "complete":  # nothing is trained
+                return RunResult(run.path, run.final(), run.records())
+            if not main:
+                ckpt = run.checkpoint()
+            resolved = run_resolved(run, config, device)
+            with runtime.determinism(config.deterministic):
+                return _fit(learner, data, config, run, device, ckpt, initial_optimizer_state, resolved)
+    except KeyboardInterrupt:
         if main:
-            run.admit(config, resume)
-            if not (run.path / runs.CONFIG).exists():
-                run.create(_run_metadata(config, data, device))
-        ckpt = run.recover() if main else None  # verified once; other ranks read it after the barrier
-        ddp.barrier()
-        if run.state == "complete":  # nothing is trained
-            return RunResult(run.path, run.final(), run.records())
-        if not main:
-            ckpt = run.checkpoint()
-        resolved = run_resolved(run, config, device)
-        with runtime.determinism(config.deterministic):
-            return _fit(learner, data, config, run, device, ckpt, initial_optimizer_state, resolved)
+            print(_stopped(run, config, "Ctrl-C"), file=sys.stderr, flush=True)
+        raise
+    except _Terminated:
+        raise RunInterrupted(_stopped(run, config, "SIGTERM")) from None
+    except OSError as exc:
+        if isinstance(exc, CooplibError) or exc.errno is None:
+            raise
+        raise _storage_error(run, config, exc) from exc
+
+
+def _epochs_done(run: runs.RunDir) -> int | None:
+    try:
+        return run.epochs_done
+    except (CooplibError, OSError):
+        return None
+
+
+def _stopped(run: runs.RunDir, config: RunConfig, how: str) -> str:
+    """The one line that says where a stopped run is and how to go on."""
+    done = _epochs_done(run)
+    if done is None:
+        return f"interrupted ({how}) in {run.path}: re-run the same call to resume from its last committed epoch"
+    if done >= config.epochs:
+        return f"interrupted ({how}) after the last epoch ({done} of {config.epochs}) of {run.path}: re-run the same call to reuse it"
+    where = f"after epoch {done} of {config.epochs}" if done else f"before epoch 1 of {config.epochs} was committed"
+    return (f"interrupted ({how}) {where} of {run.path}: re-run the same call to resume "
+            f"{'from the end of epoch ' + str(done) if done else 'from the start'}")
+
+
+def _storage_error(run: runs.RunDir, config: RunConfig, exc: OSError) -> "StorageError":
+    done = _epochs_done(run)
+    what = exc.strerror or str(exc)
+    file = f" writing {exc.filename}" if exc.filename else ""
+    hint = "free disk space" if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)) else "fix the storage"
+    where = (f"after epoch {done} of {config.epochs}" if done else "before epoch 1 was committed") if done is not None else ""
+    err = StorageError(f"{what} ([Errno {exc.errno}]){file} {where} of {run.path}: {hint}, then re-run the same call "
+                       f"to resume {'from the end of epoch ' + str(done) if done else 'from the start'} "
+                       f"(the last commit is intact)")
+    err.errno = exc.errno  # (strerror and filename stay unset: they would replace the message in str())
+    return err
+
+
+class _sigterm_raises:
+    """While training, SIGTERM raises `_Terminated` in the main thread (turned into
+    `RunInterrupted` with its one line), instead of ending the process without a word.
+    Only where SIGTERM still has its default action (a handler someone installed stays)."""
+
+    def __enter__(self):
+        self.previous = None
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            self.previous = signal.signal(signal.SIGTERM, _on_sigterm)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated()
+
+
+def check_data(run: runs.RunDir, data: ImageData, meta: dict | None = None) -> None:
+    """The data `run` was trained on (its recorded fingerprint) must be `data`; a record
+    from before fingerprints were kept is accepted as it is."""
+    recorded = (meta if meta is not None else run.meta()).get("data") or {}
+    was = recorded.get("fingerprint")
+    if not isinstance(was, str):
+        return
+    now = fingerprint(data)
+    if was != now:
+        sizes = (f"; {recorded.get('n_train')} train / {recorded.get('n_test')} test images then, "
+                 f"{len(data.y_train)} / {len(data.y_test)} now")
+        raise RunDirError(
+            f"dataset {data.name!r} is not the data {run.path} was trained on (fingerprint {was[:16]} recorded, "
+            f"{now[:16]} now{sizes}): it was replaced or changed under the same name. Restore the original data, "
+            f"give the new data its own name (another file name), or move the run aside with "
+            f"`python -m cooplib.runs reset {run.path}` to retrain it on this data")
+
+
+#: how a role of `provenance` is named in messages: (what it is, what depends on it)
+ROLES = {"teacher": ("teacher", "student"), "init_from": ("parent (init_from)", "run")}
+
+
+def check_provenance(run: runs.RunDir, provenance: dict | None, meta: dict | None = None) -> None:
+    """Each run `run` depends on (`provenance`: role -> identity, see
+    `experiment.run_identity`) must be the one recorded when it started (its weights'
+    sha256); a record without provenance (older cooplib) is accepted as it is."""
+    recorded = (meta if meta is not None else run.meta()).get("provenance") or {}
+    for role, ident in (provenance or {}).items():
+        old = recorded.get(role) if isinstance(recorded, dict) else None
+        if not isinstance(old, dict) or "weights_sha256" not in old:
+            continue
+        if old["weights_sha256"] != ident["weights_sha256"]:
+            what, dependent = ROLES.get(role, (role, "run"))
+            raise RunDirError(
+                f"{what} {ident['run']} changed since this {dependent} started (weights sha256 "
+                f"{old['weights_sha256'][:16]} -> {ident['weights_sha256'][:16]}): retrain the {dependent} (move it aside "
+                f"with `python -m cooplib.runs reset {run.path}`) or restore the {what.split()[0]} "
+                f"({old.get('path', ident.get('path'))})")
 
 
 def run_resolved(run: runs.RunDir, config: RunConfig, device: torch.device) -> dict:
@@ -209,13 +346,13 @@ def _weights_bytes(learner: Learner) -> bytes:
     return safetensors_save({k: v.detach().cpu().contiguous() for k, v in learner.state_dict().items()})
 
 
-def _run_metadata(config: RunConfig, data: ImageData, device: torch.device) -> dict:
-    return {
+def _run_metadata(config: RunConfig, data: ImageData, device: torch.device, provenance: dict | None = None) -> dict:
+    meta = {
         "config": config.to_dict(),
         "data": {
             "name": data.name, "num_classes": data.num_classes, "in_channels": data.in_channels,
             "image_size": list(data.image_size), "n_train": len(data.y_train), "n_test": len(data.y_test),
-            "mean": list(data.mean), "std": list(data.std),
+            "mean": list(data.mean), "std": list(data.std), "fingerprint": fingerprint(data),
         },
         "versions": runtime.versions(),
         "device_name": runtime.device_name(device),
@@ -223,6 +360,9 @@ def _run_metadata(config: RunConfig, data: ImageData, device: torch.device) -> d
         "resolved": runtime.resolve(config, device),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    if provenance:  # the runs this one is trained from (not part of the config: run names stay)
+        meta["provenance"] = provenance
+    return meta
 
 
 def _stop_if_diverged(run: runs.RunDir, learner: Learner, epoch: int, train_metrics: dict) -> None:

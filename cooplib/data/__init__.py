@@ -14,6 +14,8 @@ where and where to put it.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -25,7 +27,7 @@ from .loader import DeviceLoader, crop_batch, random_crop_flip, sample_crop_flip
 
 __all__ = [
     "Augment", "DATASETS", "DatasetNotFoundError", "DeviceLoader", "ImageData",
-    "crop_batch", "default_root", "load", "names", "random_crop_flip", "read_idx",
+    "crop_batch", "default_root", "fingerprint", "load", "names", "random_crop_flip", "read_idx",
     "sample_crop_flip",
 ]
 
@@ -48,3 +50,28 @@ def load(name: str, root: str | Path | None = None, download: bool = False,
     """
     root = Path(root).expanduser() if root is not None else default_root()
     return DATASETS.build(name, root, download, **options)
+
+
+#: what `fingerprint` hashes (changing it changes every fingerprint: bump the tag then)
+FINGERPRINT_TAG = b"cooplib-data-fingerprint-1\0"
+
+
+def fingerprint(data: ImageData) -> str:
+    """sha256 (hex) of what a run trains and is tested on: the uint8 images and int64
+    labels of both splits (dtype, shape and bytes) and the class names. Recorded in
+    config.json (``data.fingerprint``) so that a dataset replaced under the same name or
+    path is found when a run is reused or resumed. Cached on `data` (keyed by its tensors)."""
+    tensors = (data.x_train, data.y_train, data.x_test, data.y_test)
+    key = tuple((id(t), t.data_ptr(), tuple(t.shape)) for t in tensors)
+    cached = data.__dict__.get("_fingerprint")
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    h = hashlib.sha256(FINGERPRINT_TAG)
+    for name, t in zip(("x_train", "y_train", "x_test", "y_test"), tensors):
+        a = t.detach().cpu().contiguous().numpy()
+        h.update(f"{name}:{a.dtype.str}:{list(a.shape)};".encode())
+        h.update(memoryview(a).cast("B"))
+    h.update(json.dumps([str(c) for c in data.classes]).encode())
+    digest = h.hexdigest()
+    data.__dict__["_fingerprint"] = (key, digest)
+    return digest

@@ -33,7 +33,9 @@ torchdistill's ``KDLoss`` (torchdistill/losses/mid_level.py) returns
 ``alpha * CE + (1 - alpha) * T^2 KL``: its ``alpha`` weights the *hard* loss, the reverse
 of the convention above; ``torchdistill_kd`` below states the mapping.
 
-The teacher: ``teacher=<run dir>`` of a complete run of any method, rebuilt through
+The teacher: ``teacher=<run dir>`` of a complete run of any method, trained on the
+student's dataset (same name, class count and input channels: anything else is a
+`ConfigError` naming both before training), rebuilt through
 `cooplib.experiment.load_learner` (safetensors, checksummed), its deployed network kept
 frozen: ``requires_grad=False``, eval-mode BatchNorm whatever ``train()`` is called with,
 forward under ``no_grad``, and only in training (evaluation never runs it). Its weights
@@ -43,6 +45,18 @@ primary head) is recorded in every epoch of the student's run as the constant lo
 ``test_top1/teacher`` (not added to the total), i.e. ``train/test_top1/teacher`` in
 metrics.jsonl and ``last/train/test_top1/teacher`` in `runs.load_runs`. Loss parts are
 named ``term/head`` as in every method: ``ce/net``, ``kd/net``, ``at/net``, ...
+
+The student's run records its teacher's identity when it starts (config.json
+``provenance.teacher``: run name and path, the sha256 of the teacher's last weights as
+its commit.json holds it, its dataset, classes, channels, method, model and test top-1;
+`cooplib.experiment.run_identity`). Resuming after the teacher changed is an error
+before training. A complete student is its own record: `experiment.load_learner` builds
+it with an untrained teacher of the recorded shape (`recorded_teacher`) and loads the
+student's weights (which hold the teacher's), so it loads with the teacher moved or gone.
+
+Options are checked before anything is built (one `ConfigError` naming the option and
+its range): ``weight`` >= 0, ``alpha`` in [0, 1], ``label_smoothing`` in [0, 1),
+``temperature`` > 0, ``warmup_epochs`` an integer >= 0, ``teacher`` a run directory path.
 
 Adapters (FitNets' regressor, FT's paraphraser and translator) belong to the Learner and
 are trained with it; ``deployable()`` returns the plain student network, so TeCost and
@@ -58,7 +72,12 @@ k = 0.5).
 """
 from __future__ import annotations
 
+import math
+import os
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
+from typing import Any, Iterator
 
 import pandas as pd
 import torch
@@ -112,8 +131,8 @@ class Distill(Learner):
         super().__init__()
         if kind not in KINDS:
             raise ConfigError(f"unknown distillation kind {kind!r}; known: {', '.join(KINDS)}")
-        if convention not in CONVENTIONS:
-            raise ConfigError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
+        check_options(kind, convention=convention, weight=weight, alpha=alpha, label_smoothing=label_smoothing,
+                      temperature=temperature, warmup_epochs=warmup_epochs)
         if (teacher is None) != (kind == "student"):
             raise ConfigError(f"method {kind!r} " + ("needs teacher=<run dir>" if teacher is None
                                                       else "(the pure student) takes no teacher"))
@@ -228,24 +247,105 @@ class Distill(Learner):
         return "net"
 
 
-def load_teacher(run_dir: str | Path) -> tuple[nn.Module, float]:
-    """The deployed network of a complete run and its last-epoch test top-1 (primary head)."""
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_options(kind: str, **options: Any) -> None:
+    """Each option of a distillation method in its range, else one `ConfigError` naming
+    the option, its allowed range and the value given (before anything is built)."""
+    rules = {
+        "teacher": (lambda v: v is None or (isinstance(v, (str, os.PathLike)) and str(v) != ""),
+                    "the path of a complete run directory (a string)"),
+        "convention": (lambda v: v in CONVENTIONS, f"one of {', '.join(CONVENTIONS)}"),
+        "weight": (lambda v: v is None or (_number(v) and v >= 0),
+                   f"a number >= 0 (None: the published {PUBLISHED_WEIGHT.get(kind, 0.0):g})"),
+        "alpha": (lambda v: _number(v) and 0 <= v <= 1,
+                  "a number in [0, 1] (the distillation share; 1 - alpha weights the cross-entropy)"),
+        "label_smoothing": (lambda v: v is None or (_number(v) and 0 <= v < 1), "a number in [0, 1) or None"),
+        "temperature": (lambda v: _number(v) and v > 0, "a number > 0"),
+        "warmup_epochs": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an integer >= 0"),
+    }
+    for name, value in options.items():
+        ok, allowed = rules[name]
+        if not ok(value):
+            raise ConfigError(f"{kind} option {name} must be {allowed}, got {value!r} ({type(value).__name__})")
+
+
+def teacher_mismatch(ident: dict, num_classes: int, in_channels: int, dataset: str | None = None) -> str | None:
+    """Why a teacher (its `experiment.run_identity`) does not fit a student's data, or None."""
+    wrong = [what for what, ok in (("dataset", dataset is None or ident.get("dataset") in (None, dataset)),
+                                   ("classes", ident.get("num_classes") in (None, num_classes)),
+                                   ("input channels", ident.get("in_channels") in (None, in_channels))) if not ok]
+    if not wrong:
+        return None
+    theirs = f"{ident.get('dataset')!r}, {ident.get('num_classes')} classes, {ident.get('in_channels')} channels"
+    ours = f"{dataset!r}, " if dataset is not None else ""
+    return (f"teacher {ident['run']} does not fit the student's data ({' and '.join(wrong)} differ): the teacher was "
+            f"trained on {theirs}; the student trains on {ours}{num_classes} classes, {in_channels} channels. "
+            f"Use a teacher trained on the student's dataset")
+
+
+def load_teacher(run_dir: str | Path, num_classes: int | None = None, in_channels: int | None = None,
+                 ) -> tuple[nn.Module, float]:
+    """The deployed network of a complete run and its last-epoch test top-1 (primary head).
+    With `num_classes`/`in_channels` (the student's), a teacher of other ones is refused."""
     from .. import experiment, runs  # lazily: experiment imports methods
 
     run = runs.RunDir(run_dir)
     if run.state != "complete":
         raise ConfigError(f"teacher={str(run_dir)!r} is not a complete run (status {run.state!r}); train it first")
+    if num_classes is not None and in_channels is not None:
+        why = teacher_mismatch(experiment.run_identity(run.path), num_classes, in_channels)
+        if why:
+            raise ConfigError(why)
     final = run.final()
     top1 = final["last"][f"test/{final['primary_head']}/top1"]
     return experiment.load_learner(run.path, "last").deployable(), float(top1)
+
+
+#: the teacher identity `recorded_teacher` stands in for the teacher run (None: load the run)
+_RECORDED: ContextVar[dict | None] = ContextVar("cooplib_recorded_teacher", default=None)
+
+
+@contextmanager
+def recorded_teacher(identity: dict) -> Iterator[None]:
+    """Within: the factories build the teacher as an untrained network of the shape
+    `identity` (a student run's ``provenance.teacher``) records, without reading the
+    teacher run; for loading a student whose weights (teacher's included) are its record."""
+    token = _RECORDED.set(identity)
+    try:
+        yield
+    finally:
+        _RECORDED.reset(token)
+
+
+def teacher_structure(identity: dict) -> nn.Module:
+    """An untrained network shaped like the deployed network of the recorded teacher."""
+    method, model = identity["method"], identity["model"]
+    nc, ic = identity["num_classes"], identity["in_channels"]
+    if method in KINDS:  # a distilled teacher deploys its plain student network
+        return models.build(model, nc, ic)
+    return METHODS.build(method, model, nc, ic, **(identity.get("method_args") or {})).deployable()
 
 
 def _factory(kind: str):
     def build(model: str, num_classes: int, in_channels: int = 3, *, teacher: str | None = None,
               convention: str = "repdistiller", weight: float | None = None, alpha: float = 0.5,
               label_smoothing: float | None = None, temperature: float = 4.0, warmup_epochs: int = 1) -> Distill:
+        check_options(kind, teacher=teacher, convention=convention, weight=weight, alpha=alpha,
+                      label_smoothing=label_smoothing, temperature=temperature, warmup_epochs=warmup_epochs)
+        if (teacher is None) != (kind == "student"):
+            raise ConfigError(f"method {kind!r} " + ("needs teacher=<run dir>" if teacher is None
+                                                      else "(the pure student) takes no teacher"))
         student = models.build(model, num_classes, in_channels)
-        net, top1 = load_teacher(teacher) if teacher is not None else (None, None)
+        recorded = _RECORDED.get()
+        if teacher is None:
+            net, top1 = None, None
+        elif recorded is not None:
+            net, top1 = teacher_structure(recorded), recorded.get("top1")
+        else:
+            net, top1 = load_teacher(teacher, num_classes, in_channels)
         return Distill(kind, student, net, in_channels=in_channels, convention=convention, weight=weight, alpha=alpha,
                        label_smoothing=label_smoothing, temperature=temperature, warmup_epochs=warmup_epochs,
                        teacher_top1=top1)
