@@ -63,11 +63,59 @@ def load_profile(name: str) -> dict:
     path = Path(name) if name.endswith((".yml", ".yaml")) else PROFILES / f"{name}.yml"
     if not path.exists():
         raise ConfigError(f"unknown profile {name!r}; available: {', '.join(profile_names())}{suggest(name, profile_names())}")
-    prof = yaml.load(path.read_text(), Loader=_ProfileLoader) or {}
-    if not isinstance(prof.get("notebooks"), dict) or not prof["notebooks"]:
-        raise ConfigError(f"profile {path} needs a 'notebooks:' mapping of notebook name -> parameters")
+    try:
+        prof = yaml.load(path.read_text(), Loader=_ProfileLoader)
+    except yaml.YAMLError as exc:  # one line naming the place, not a parser traceback
+        raise ConfigError(f"profile {path}: YAML syntax error{_yaml_where(exc)}") from None
+    _check_profile(path, {} if prof is None else prof)
+    prof = dict(prof)
     prof["name"] = path.stem
     return prof
+
+
+#: top-level profile keys with a fixed type: (accepted types, what to write)
+_PROFILE_KEYS = {
+    "runs_dir": (str, "a path (a string) like runs/{name}"),
+    "description": (str, "text"),
+    "evidence": (bool, "true or false"),
+    "publish": (bool, "true or false"),
+}
+
+
+def _check_profile(path: Path, prof) -> None:
+    """The shape `load_profile` promises: a mapping whose `notebooks:` maps notebook names
+    to a parameter mapping (or nothing); each error is one line saying what to write."""
+    if not isinstance(prof, dict):
+        raise ConfigError(f"profile {path} must be a mapping with a 'notebooks:' mapping of notebook name -> "
+                          f"parameters (e.g. notebooks: {{baseline: {{epochs: 3}}}}), got a {_yaml_kind(prof)}")
+    notebooks = prof.get("notebooks")
+    if not isinstance(notebooks, dict) or not notebooks:
+        raise ConfigError(f"profile {path} needs a 'notebooks:' mapping of notebook name -> parameters "
+                          f"(e.g. notebooks: {{baseline: {{epochs: 3}}}}), got {notebooks!r}")
+    for nb, params in notebooks.items():
+        if params is not None and not isinstance(params, dict):
+            hint = ""
+            if isinstance(params, str) and "=" in params:
+                key, _, value = params.partition("=")
+                hint = f" (write {nb}: {{{key.strip()}: {value.strip()}}})"
+            raise ConfigError(f"profile {path}: notebooks: {nb} must be a mapping of parameter: value (e.g. {nb}: "
+                              f"{{epochs: 3}}) or empty, got {params!r}{hint}")
+    for key, (kind, what) in _PROFILE_KEYS.items():
+        if key in prof and not isinstance(prof[key], kind):
+            raise ConfigError(f"profile {path}: {key} must be {what.format(name=path.stem)}, got {prof[key]!r}")
+
+
+def _yaml_kind(value) -> str:
+    return {list: "list", str: "string", int: "number", float: "number", bool: "boolean"}.get(type(value), type(value).__name__)
+
+
+def _yaml_where(exc: yaml.YAMLError) -> str:
+    """' at line L, column C: <what the parser found>' (1-based, as editors count)."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+    context = getattr(exc, "context", None)
+    return f"{where}: {problem}" + (f" ({' '.join(str(context).split())})" if context else "")
 
 
 def notebook_parameters(notebook: str) -> dict[str, str]:

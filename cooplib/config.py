@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -32,6 +33,9 @@ LATER_DEFAULTS = {"sync_bn": None, "grad_ratio_exclude": "none", "grad_ratio_ema
 
 #: fields that do not change what a run computes (ignored when resuming / naming runs)
 COSMETIC = frozenset({"progress", "tensorboard"})
+
+#: seeds every generator a run seeds accepts (torch, the loader's, numpy's)
+SEED_RANGE = (0, 2**32 - 1)
 
 
 @dataclass
@@ -84,7 +88,22 @@ class RunConfig:
         self._check_types()
         self.milestones = tuple(float(m) for m in self.milestones)
         self.grad_ratio_clip = tuple(float(c) for c in self.grad_ratio_clip)
+        self._normalise_names()
         self._check()
+
+    def _normalise_names(self) -> None:
+        """The registered spelling of the model and dataset ("resnet-8" -> "resnet8",
+        "Digits" -> "digits"), so one run is never named (and trained) twice. A name no
+        registry knows is kept as typed: building it is the error, with a did-you-mean
+        (data passed to `train.fit` directly may carry any name)."""
+        from .data import DATASETS
+        from .models import MODELS
+
+        parts = [p.strip() for p in self.model.split("+")] if "+" in self.model else [self.model]
+        canon = [MODELS.canonical(p) for p in parts]
+        if all(canon):
+            self.model = "+".join(canon)
+        self.dataset = DATASETS.canonical(self.dataset) or self.dataset
 
     def _check_types(self) -> None:
         """Each field has the type of its default: a string where a number belongs (a
@@ -121,12 +140,17 @@ class RunConfig:
 
         need(isinstance(self.epochs, int) and self.epochs >= 1, f"epochs must be an integer >= 1, got {self.epochs!r}")
         need(isinstance(self.batch_size, int) and self.batch_size >= 1, f"batch_size must be an integer >= 1, got {self.batch_size!r}")
+        need(SEED_RANGE[0] <= self.seed <= SEED_RANGE[1], f"seed must be an integer in [{SEED_RANGE[0]}, {SEED_RANGE[1]}], got {self.seed!r}")
+        for name in ("lr", "momentum", "weight_decay", "gamma", "grad_ratio_ema"):
+            v = getattr(self, name)
+            need(math.isfinite(v), f"{name} must be a finite number, got {v!r}")
         need(self.lr > 0, f"lr must be > 0, got {self.lr!r}")
         need(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum!r}")
         need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay!r}")
         need(self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}, got {self.schedule!r}{suggest(self.schedule, SCHEDULES)}")
         need(all(0 < m < 1 for m in self.milestones), f"milestones are fractions of the epochs in (0, 1), got {self.milestones!r}")
-        need(list(self.milestones) == sorted(self.milestones), f"milestones must be increasing, got {self.milestones!r}")
+        need(all(a < b for a, b in zip(self.milestones, self.milestones[1:])),
+             f"milestones must be strictly increasing fractions in (0, 1), got {self.milestones!r}")
         need(0 < self.gamma <= 1, f"gamma must be in (0, 1], got {self.gamma!r}")
         need(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}{suggest(self.precision, PRECISIONS)}")
         need(self.augment in AUGMENTS, f"augment must be one of {AUGMENTS}, got {self.augment!r}{suggest(self.augment, AUGMENTS)}")
@@ -141,6 +165,17 @@ class RunConfig:
         for name in ("train_size", "test_size"):
             v = getattr(self, name)
             need(v is None or (isinstance(v, int) and v > 0), f"{name} must be None or a positive integer, got {v!r}")
+        self._check_methods()
+
+    def _check_methods(self) -> None:
+        """The method and its options (type, range, choices; `registry.Registry.check_options`),
+        and the options of a registered dataset, before anything is built."""
+        from .data import DATASETS
+        from .methods import METHODS
+
+        METHODS.check_options(self.method, self.method_args)
+        if DATASETS.canonical(self.dataset):
+            DATASETS.check_options(self.dataset, self.dataset_args)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunConfig":

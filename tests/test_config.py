@@ -95,3 +95,28 @@ def test_a_config_from_a_notebooks_parameters():
     assert cfg.model == RunConfig().model  # not in the namespace: the default
     with pytest.raises(ConfigError, match="epochs must be an integer"):
         RunConfig.from_namespace({"epochs": "3"})
+
+
+@pytest.mark.parametrize("config, name", [
+    (dict(method="one", model="resnet8", dataset="digits", epochs=20, method_args={"branches": 3}),
+     "one-resnet8-digits-s0-7f5b3cc6"),
+    (dict(method="dml", model="resnet8", dataset="digits", epochs=15, schedule="cosine",
+          method_args={"peers": 3, "mutual": False}), "dml-resnet8-digits-s0-e220bdff"),
+    (dict(method="dml", model="resnet32+resnet56", dataset="cifar100", epochs=200, schedule="cosine"),
+     "dml-resnet32+resnet56-cifar100-s0-68e39ea4"),
+    (dict(method="coop_depth", model="resnet20", dataset="fashion-mnist", epochs=6, schedule="cosine", weight_decay=5e-4,
+          method_args={"factors": [0.3, 0.6], "term_reduction": "mean"}), "coop_depth-resnet20-fashion-mnist-s0-140a3e16"),
+    (dict(method="sandwich", model="resnet14", dataset="digits", epochs=4, schedule="cosine", train_size=720,
+          method_args={"n_random": 1}), "sandwich-resnet14-digits-s0-5f58c4c9"),
+    (dict(method="kd", model="resnet8", dataset="digits", epochs=8, schedule="cosine", seed=2,
+          method_args={"teacher": "/runs/x", "temperature": 4.0}), "kd-resnet8-digits-s2-979dd44b"),
+    (dict(method="byot", model="resnet20", dataset="cifar10", epochs=30, milestones=[0.3, 0.6],
+          method_args={"alpha": 0.3}), "byot-resnet20-cifar10-s0-ae8fff0e"),
+    (dict(method="one", model="resnet8", dataset="digits", epochs=8, grad_ratio_lr=True, grad_ratio_ema=0.9,
+          method_args={"branches": 4, "expand": "fresh", "expand_anneal": 2.0}, init_from="/runs/parent"),
+     "one-resnet8-digits-s0-0805260a"),
+])
+def test_run_names_pinned_before_option_checks_and_name_normalisation(config, name):
+    """Computed at b0e6291, before method options were checked and names normalised:
+    valid configs keep their run directories."""
+    assert RunConfig(**config).run_name() == name

@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ..errors import DatasetNotFoundError
+from ..errors import ConfigError, DatasetNotFoundError
 
 __all__ = ["Augment", "DatasetNotFoundError", "ImageData", "channel_stats", "from_arrays",
            "not_found", "stratified_indices", "try_download"]
@@ -100,8 +100,12 @@ class ImageData:
         """A class-stratified subset (proportional to class frequency), deterministic in seed.
 
         Mean and std are kept from the full data: a subset is for running faster, not for
-        changing the input scaling.
+        changing the input scaling. A training subset needs at least one image per class.
         """
+        if n_train is not None and n_train < self.num_classes:
+            raise ConfigError(f"train_size={n_train} is below the {self.num_classes} classes of {self.name}: a "
+                              f"class-stratified subset needs at least one image per class; use train_size >= "
+                              f"{self.num_classes} (or None for all {len(self.y_train)} images)")
         itr = stratified_indices(self.y_train, n_train, seed, f"{self.name} train")
         ite = stratified_indices(self.y_test, n_test, seed + 1, f"{self.name} test")
         return replace(self, x_train=self.x_train[itr], y_train=self.y_train[itr],

@@ -30,7 +30,7 @@ class Baseline(Learner):
         return self.net
 
 
-@METHODS.register("baseline")
+@METHODS.register("baseline", ranges={"label_smoothing": "[0, 1)"})
 def build_baseline(model: str, num_classes: int, in_channels: int = 3, *,
                    label_smoothing: float = 0.0) -> Baseline:
     """Registry factory: the network ``model`` alone."""

@@ -43,18 +43,34 @@ Ablations: ``leader=False``, ``mutual=False``, ``weighting="uniform"``, ``teamma
 """
 from __future__ import annotations
 
+import typing
+
 import torch
 from torch import nn
 
 from .. import losses, models
 from ..errors import ConfigError, suggest
 from ..models import depth
+from ..models.resnet import Shortcut
 from ..registry import METHODS
 from .base import Learner, TrainState
 
 WEIGHTINGS = ("sfsl", "normalised", "uniform")
 RESAMPLES = ("fixed", "epoch", "step")
 TERM_REDUCTIONS = ("sum", "mean")
+#: ``shortcut`` of the CIFAR ResNets (``models.resnet``)
+SHORTCUTS = typing.get_args(Shortcut)
+
+
+def check_deploy_factor(options: dict) -> None:
+    """``deploy_factor`` must be 1.0 or one of ``factors``: only those heads are evaluated,
+    and the deployed one is the primary head (picks the best epoch)."""
+    factors = sorted({float(s) for s in options["factors"]})
+    if not factors:
+        raise ConfigError("method 'coop_depth' option factors must be a non-empty list like [0.3, 0.6], got []")
+    if float(options["deploy_factor"]) not in (*factors, 1.0):
+        raise ConfigError(f"method 'coop_depth' option deploy_factor must be 1.0 or one of factors "
+                          f"{[float(s) for s in options['factors']]}, got {options['deploy_factor']!r}")
 
 
 def sfsl_weights(factors, weighting: str = "sfsl") -> dict[float, float]:
@@ -109,13 +125,13 @@ class CoopDepth(Learner):
         super().__init__()
         factors = sorted({float(s) for s in factors})
         if not factors or not all(0 < s < 1 for s in factors):
-            raise ValueError(f"factors are sub-network scaling factors in (0, 1), got {factors!r}")
+            raise ConfigError(f"factors are sub-network scaling factors in (0, 1), got {factors!r}")
         if resample not in RESAMPLES:
-            raise ValueError(f"resample must be one of {RESAMPLES}, got {resample!r}")
+            raise ConfigError(f"resample must be one of {RESAMPLES}, got {resample!r}{suggest(resample, RESAMPLES)}")
         if not 1 <= len(list(teammates)) <= 2:
-            raise ValueError("one or two Teammates")
+            raise ConfigError("coop_depth needs one or two Teammates")
         if int(sample_size) < 1:
-            raise ValueError(f"sample_size must be >= 1, got {sample_size!r}")
+            raise ConfigError(f"sample_size must be >= 1, got {sample_size!r}")
         if term_reduction not in TERM_REDUCTIONS:
             raise ConfigError(f"term_reduction must be one of {TERM_REDUCTIONS}, got {term_reduction!r}"
                               f"{suggest(term_reduction, TERM_REDUCTIONS)}")
@@ -131,6 +147,7 @@ class CoopDepth(Learner):
         # every factor evaluated (S, the full network, the deployed one) must be its own sub-network;
         # resampling trains subsets of S, so checking S covers every draw
         depth.check_distinct(self.teammates[0], [*factors, 1.0, self.deploy_factor], spacing, what="coop_depth")
+        check_deploy_factor({"factors": factors, "deploy_factor": self.deploy_factor})
         self.sampler = StepDraw()
 
     @property
@@ -232,7 +249,14 @@ class CoopDepth(Learner):
         return head_name("t1", self.deploy_factor)
 
 
-@METHODS.register("coop_depth")
+@METHODS.register(
+    "coop_depth",
+    ranges={"teammates": (1, 2), "factors": "(0, 1)", "temperature": "(0, inf)", "a_lead": (0, None),
+            "a_mut": (0, None), "b": (0, None), "sample_size": (1, None), "deploy_factor": "(0, 1]"},
+    choices={"shortcut": SHORTCUTS, "spacing": depth.SPACINGS, "weighting": WEIGHTINGS, "resample": RESAMPLES,
+             "term_reduction": TERM_REDUCTIONS},
+    check=check_deploy_factor,
+)
 def build_coop_depth(model: str, num_classes: int, in_channels: int = 3, *, leader_model: str | None = None,
                      leader: bool = True, teammates: int = 2, mutual: bool = True, shortcut: str = "projection",
                      factors: tuple = (0.2, 0.4, 0.6, 0.8), spacing: str = "first", temperature: float = 3.0,
@@ -242,7 +266,8 @@ def build_coop_depth(model: str, num_classes: int, in_channels: int = 3, *, lead
     """Registry factory: Teammates are ``model``, the Leader ``leader_model`` (default ``model``).
 
     Factors that keep the same blocks of ``model`` (S, the full 1.0, ``deploy_factor``) are a
-    ``ConfigError`` before anything trains. ``term_reduction="mean"``: see the module doc.
+    ``ConfigError`` before anything trains, and so is a ``deploy_factor`` that is neither 1.0
+    nor one of ``factors`` (only those heads are evaluated). ``term_reduction="mean"``: see the module doc.
     Options left at their default are not stored in ``method_args``, so run names of
     configs that do not set ``term_reduction`` are unchanged."""
     nets = [models.build(model, num_classes, in_channels, shortcut=shortcut) for _ in range(int(teammates))]
@@ -272,11 +297,11 @@ class DepthSingle(Learner):
         return self.net
 
 
-@METHODS.register("depth_single")
+@METHODS.register("depth_single", choices={"shortcut": SHORTCUTS})
 def build_depth_single(model: str, num_classes: int, in_channels: int = 3, *, shortcut: str = "projection") -> DepthSingle:
     """Registry factory: ``model`` alone (the baseline with the shortcut option)."""
     return DepthSingle(models.build(model, num_classes, in_channels, shortcut=shortcut))
 
 
-__all__ = ["CoopDepth", "DepthSingle", "StepDraw", "sfsl_weights", "head_name", "WEIGHTINGS", "RESAMPLES",
-           "TERM_REDUCTIONS"]
+__all__ = ["CoopDepth", "DepthSingle", "StepDraw", "sfsl_weights", "head_name", "check_deploy_factor", "WEIGHTINGS",
+           "RESAMPLES", "TERM_REDUCTIONS", "SHORTCUTS"]

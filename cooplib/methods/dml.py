@@ -168,7 +168,7 @@ def peer_names(model: str | Sequence[str], peers: int | None = None) -> list[str
     return names
 
 
-@METHODS.register("dml")
+@METHODS.register("dml", ranges={"peers": (2, None), "temperature": "(0, inf)"}, choices={"update": UPDATES})
 def build_dml(
     model: str | Sequence[str],
     num_classes: int,

@@ -7,7 +7,7 @@ shallow exit i minimises, as the loss described for the official code,
     (1 - alpha) CE(z_i, y) + alpha softCE(z_i, sg(z_deep); T) + beta ||f_i - sg(f_deep)||_2,
 
 alpha = 0.3, T = 3, beta = 0.03, softCE = -sum softmax(sg(z_deep)/T) log softmax(z_i/T)
-(batch-mean, no T^2), f the pooled feature before each exit's classifier (all of the last
+(batch-mean, no T^2; alpha and beta are weights in [0, 1], checked when built), f the pooled feature before each exit's classifier (all of the last
 stage's width here, so no adaptation layer is needed). Ours, not verified against the
 official code: the hint applies to every shallow exit.
 
@@ -28,6 +28,10 @@ from .. import losses, models
 from ..models.depth import MultiExitResNet
 from ..registry import METHODS
 from .base import Learner, TrainState
+from .coop_depth import SHORTCUTS
+
+#: the kinds of exit head (``models.depth.ExitHead``)
+EXIT_HEADS = ("linear", "bottleneck")
 
 
 def soft_ce(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -100,7 +104,8 @@ class EarlyExit(_Exits):
         return torch.stack(list(parts.values())).sum(), parts
 
 
-@METHODS.register("byot")
+@METHODS.register("byot", ranges={"alpha": (0, 1), "beta": (0, 1), "temperature": "(0, inf)"},
+                  choices={"shortcut": SHORTCUTS})
 def build_byot(model: str, num_classes: int, in_channels: int = 3, *, shortcut: str = "projection",
                alpha: float = 0.3, temperature: float = 3.0, beta: float = 0.03) -> BYOT:
     """Registry factory: BYOT exits (bottleneck heads) on ``model``."""
@@ -108,7 +113,8 @@ def build_byot(model: str, num_classes: int, in_channels: int = 3, *, shortcut: 
     return BYOT(MultiExitResNet(net, num_classes, "bottleneck"), alpha, temperature, beta)
 
 
-@METHODS.register("early_exit")
+@METHODS.register("early_exit", ranges={"exit_weights": (0, None)},
+                  choices={"shortcut": SHORTCUTS, "head": EXIT_HEADS})
 def build_early_exit(model: str, num_classes: int, in_channels: int = 3, *, shortcut: str = "projection",
                      head: str = "linear", exit_weights: tuple = (1.0, 1.0, 1.0)) -> EarlyExit:
     """Registry factory: early exits (``head`` linear or bottleneck) on ``model``."""

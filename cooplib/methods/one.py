@@ -215,7 +215,12 @@ class ONE(Learner):
         return self.net.classifier_parameters()
 
 
-@METHODS.register("one")
+@METHODS.register(
+    "one",
+    ranges={"branches": (1, None), "temperature": "(0, inf)", "ramp_epochs": (0, None), "expand_noise": (0, None),
+            "expand_anneal": (0, None)},
+    choices={"teacher": TEACHERS, "expand": _expand.STRATEGIES},
+)
 def build_one(
     model: str,
     num_classes: int,

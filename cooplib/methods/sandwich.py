@@ -19,7 +19,7 @@ from .. import losses, models
 from ..models import depth
 from ..registry import METHODS
 from .base import Learner, TrainState
-from .coop_depth import StepDraw, head_name
+from .coop_depth import SHORTCUTS, StepDraw, head_name
 
 
 def sandwich_factors(generator: torch.Generator, smallest: float, n_random: int) -> list[float]:
@@ -72,7 +72,9 @@ class Sandwich(Learner):
         return head_name("net", 1.0)
 
 
-@METHODS.register("sandwich")
+@METHODS.register("sandwich", ranges={"factors": "(0, 1)", "smallest": "(0, 1)", "n_random": (0, None),
+                                      "temperature": "(0, inf)"},
+                  choices={"shortcut": SHORTCUTS, "spacing": depth.SPACINGS})
 def build_sandwich(model: str, num_classes: int, in_channels: int = 3, *, shortcut: str = "projection",
                    factors: tuple = (0.2, 0.4, 0.6, 0.8), smallest: float | None = None, n_random: int = 2,
                    temperature: float = 1.0, sub_ce: bool = False, spacing: str = "first") -> Sandwich:
