@@ -110,7 +110,7 @@ def use_channels_last(channels_last: bool | None, device: torch.device, amp_dtyp
     On the CPU oneDNN's convolutions are faster in NHWC in every case measured: one
     ResNet training step at batch 128, 2 threads, fp32 + channels_last vs fp32 is 1.17x
     (ResNet-32, 32x32x3) and 1.26x (ResNet-20, 28x28x1) on a 2-core AMD EPYC without
-    AVX512, 1.42x on a Zen4 (benchmarks/README.md, "CPU precision"). `amp_dtype` does
+    AVX512, 1.42x reported on a Zen4 (benchmarks/README.md, "CPU precision"). `amp_dtype` does
     not change the answer; it is taken so that a rule per precision stays one line.
     """
     if channels_last is not None:
