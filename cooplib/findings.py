@@ -88,15 +88,32 @@ def _cell(text: str) -> str:
 
 
 def _table(frame: pd.DataFrame) -> str:
-    head = ["section", "claim", "n", "difference [95 % CI]", "half-width", f"seeds for ±{TARGET_HALF_WIDTH:g} at this spread",
-            "verdict", "confounded by", "caveats"]
+    """One chapter's verdicts: the claim (with a link to its section), n, the interval, the
+    verdict, the power calculation, and what qualifies the verdict (confounds, caveats)."""
+    head = ["claim", "n", "difference [95 % CI]", "verdict", f"seeds for ±{TARGET_HALF_WIDTH:g}", "confounded by · caveats"]
     rows = []
     for r in frame.itertuples():
-        link = f'<a href="{r.notebook}.html#{anchor(r.section)}">{_cell(r.chapter)}: {_cell(r.section)}</a>'
-        hw = f"{r.half_width:.2f}" if isinstance(r.half_width, float) and math.isfinite(r.half_width) else ""
+        link = f'<br><small><a href="{r.notebook}.html#{anchor(r.section)}">{_cell(r.section)}</a></small>'
         need = "" if r.seeds_needed is None or r.seeds_needed != r.seeds_needed else str(int(r.seeds_needed))
-        cells = [link, _cell(r.claim), f"{r.n} {_cell(r.replicates)}", _cell(r.interval) + f" {_cell(r.unit)}", hw, need,
-                 f"<strong>{_cell(r.status)}</strong>", _cell(", ".join(r.confounds or [])), _cell("; ".join(r.caveats or []))]
+        notes = [f"confounded by {', '.join(r.confounds)}"] if r.confounds else []
+        notes += list(r.caveats or [])
+        cells = [_cell(r.claim) + link, str(r.n), _cell(r.interval) + f"<br><small>{_cell(r.unit)}</small>",
+                 f"<strong>{_cell(r.status)}</strong>", need, "<small>" + "<br>".join(_cell(n) for n in notes) + "</small>"]
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    return ('<div class="cooplib-table-wrap"><table class="dataframe cooplib-table">\n<thead><tr>'
+            + "".join(f"<th>{h}</th>" for h in head) + "</tr></thead>\n<tbody>\n" + "\n".join(rows)
+            + "\n</tbody></table></div>")
+
+
+def _overview(frame: pd.DataFrame) -> str:
+    """Counts per chapter: verdicts by status, confounded, and top-1 comparisons at the target half-width."""
+    head = ["chapter", "claims", *STATUSES, "confounded", f"top-1 half-width ≤ {TARGET_HALF_WIDTH:g}"]
+    rows = []
+    for notebook, g in frame.groupby("notebook", sort=False):
+        top1 = g[g["unit"] == "top-1 points"]
+        cells = [f'<a href="#{anchor(g["chapter"].iloc[0])}">{_cell(g["chapter"].iloc[0])}</a>', str(len(g)),
+                 *[str(int((g["status"] == s).sum())) for s in STATUSES], str(int(sum(bool(c) for c in g["confounds"]))),
+                 f"{int((top1['half_width'] <= TARGET_HALF_WIDTH).sum())} of {len(top1)}"]
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     return ('<div class="cooplib-table-wrap"><table class="dataframe cooplib-table">\n<thead><tr>'
             + "".join(f"<th>{h}</th>" for h in head) + "</tr></thead>\n<tbody>\n" + "\n".join(rows)
@@ -123,11 +140,12 @@ def page(notebooks: Iterable[Path], profile: dict | None = None) -> str:
     name = (profile or {}).get("name") or (frame["profile"].dropna().iloc[0] if not frame.empty and frame["profile"].notna().any() else "?")
     lines = ["# Findings", "",
              f"Every verdict the chapters state, gathered from the executed notebooks of the **`{name}`** profile "
-             f"(`notebooks/profiles/{name}.yml`); a claim's link leads to the section that computed it. A verdict is "
+             f"(`notebooks/profiles/{name}.yml`). A verdict is "
              "a paired comparison over seeds with its 95 % t-interval: *supported* (the interval lies above 0), "
              "*contradicted* (below 0), *not resolved* (it contains 0) or *undecidable* (fewer than 2 replicates, or "
              "replicates that agree exactly). *Confounded by* names the run settings in which the arms differ beyond "
-             "the treatment; *caveats* name underfit runs and other limits. For comparisons in top-1 points, "
+             "the treatment; *caveats* name underfit runs and other limits. Below the overview, one table per "
+             "chapter; each claim links to the section that computed it. For comparisons in top-1 points, "
              f"*seeds for ±{TARGET_HALF_WIDTH:g}* is the power calculation at the spread this build measured: the "
              f"seeds a 95 % half-width of {TARGET_HALF_WIDTH:g} point would need (`stats.seeds_for_half_width`).", ""]
     if profile and profile.get("evidence", True) is False:
@@ -139,7 +157,9 @@ def page(notebooks: Iterable[Path], profile: dict | None = None) -> str:
     elif frame.empty:
         lines.append("No chapter was executed in this build.")
     else:
-        lines += [summary(frame), "", "```{raw} html", _table(frame), "```"]
+        lines += [summary(frame), "", "```{raw} html", _overview(frame), "```", ""]
+        for notebook, g in frame.groupby("notebook", sort=False):
+            lines += [f"## {g['chapter'].iloc[0]}", "", "```{raw} html", _table(g), "```", ""]
     return "\n".join(lines) + "\n"
 
 

@@ -55,6 +55,7 @@ def test_page_links_sections_and_counts_verdicts(tmp_path):
     assert 'href="one.html#baseline-against-one"' in text
     assert 'href="one.html#ablations-paper-table-5"' in text
     assert "3 claims: 2 supported, 1 not resolved." in text
+    assert "## ONE: an ensemble" in text and 'href="#one-an-ensemble"' in text  # overview -> chapter table
     assert "1 are labelled confounded" in text and "1 carry a caveat" in text
     assert "wiring check" not in text
     smoke = findings.page([tmp_path / "one.ipynb"], {"name": "smoke", "evidence": False})
