@@ -554,7 +554,33 @@ class RunDir:
         problems = self.verify()
         if problems:
             raise RunDirError("; ".join(problems))
+        self._tidy(manifest)
         return self.final(), self.records()
+
+    def _leftovers(self, manifest: dict) -> list[str]:
+        """Plain files recovery removes: temporaries, and epoch files or final.json the commit does not name."""
+        named = {e["name"] for e in manifest["files"].values()}
+        try:
+            entries = list(os.scandir(self.path))
+        except OSError:
+            return []
+        return [e.name for e in entries if e.is_file(follow_symlinks=False) and (
+            (e.name.startswith(".") and e.name.endswith(".tmp"))
+            or (e.name.startswith(EPOCH_FILES) and e.name not in named) or (e.name == FINAL and e.name not in named))]
+
+    def _tidy(self, manifest: dict) -> None:
+        """Remove what a run killed after its last commit left (superseded files) when the
+        lock can be had at once; a read-only or busy run directory is left as it is."""
+        if not self._leftovers(manifest):
+            return
+        try:
+            with self.lock(create=False):
+                now = self.manifest()
+                if now == manifest:
+                    for name in self._leftovers(now):
+                        os.unlink(self.path / name)
+        except (RunDirError, OSError):
+            pass
 
     # ------------------------------------------------------------ writing
 
@@ -695,13 +721,8 @@ class RunDir:
             raise RunDirError(f"{self.path / EVENTS} is a symbolic link; TensorBoard events are written in the run "
                               f"directory only: remove the link")
         manifest = self.manifest() or {"files": {}, "epoch": 0}
-        named = {e["name"] for e in manifest["files"].values()}
-        for entry in os.scandir(self.path):
-            name = entry.name
-            if entry.is_file(follow_symlinks=False) and ((name.startswith(".") and name.endswith(".tmp"))
-                                                         or (name.startswith(EPOCH_FILES) and name not in named)
-                                                         or (name == FINAL and name not in named)):
-                os.unlink(self.path / name)
+        for name in self._leftovers(manifest):
+            os.unlink(self.path / name)
         records = self.records()  # verified prefix
         if self._read(METRICS) not in (None, metrics_bytes(records)):
             atomic_write_bytes(self.path / METRICS, metrics_bytes(records))
