@@ -141,25 +141,25 @@ def _epochs_done(run: runs.RunDir) -> int | None:
 
 def _stopped(run: runs.RunDir, config: RunConfig, how: str) -> str:
     """The one line that says where a stopped run is and how to go on."""
+    return f"interrupted ({how}) {_where(run, config)}"
+
+
+def _where(run: runs.RunDir, config: RunConfig) -> str:
     done = _epochs_done(run)
     if done is None:
-        return f"interrupted ({how}) in {run.path}: re-run the same call to resume from its last committed epoch"
+        return f"in {run.path}: re-run the same call to resume from its last committed epoch"
     if done >= config.epochs:
-        return f"interrupted ({how}) after the last epoch ({done} of {config.epochs}) of {run.path}: re-run the same call to reuse it"
-    where = f"after epoch {done} of {config.epochs}" if done else f"before epoch 1 of {config.epochs} was committed"
-    return (f"interrupted ({how}) {where} of {run.path}: re-run the same call to resume "
-            f"{'from the end of epoch ' + str(done) if done else 'from the start'}")
+        return f"after the last epoch ({done} of {config.epochs}) of {run.path}: re-run the same call to reuse it"
+    if done == 0:
+        return f"before the first epoch of {run.path} was committed: re-run the same call to start it again"
+    return f"after epoch {done} of {config.epochs} of {run.path}: re-run the same call to resume from the end of epoch {done}"
 
 
 def _storage_error(run: runs.RunDir, config: RunConfig, exc: OSError) -> "StorageError":
-    done = _epochs_done(run)
     what = exc.strerror or str(exc)
     file = f" writing {exc.filename}" if exc.filename else ""
     hint = "free disk space" if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)) else "fix the storage"
-    where = (f"after epoch {done} of {config.epochs}" if done else "before epoch 1 was committed") if done is not None else ""
-    err = StorageError(f"{what} ([Errno {exc.errno}]){file} {where} of {run.path}: {hint}, then re-run the same call "
-                       f"to resume {'from the end of epoch ' + str(done) if done else 'from the start'} "
-                       f"(the last commit is intact)")
+    err = StorageError(f"{what} ([Errno {exc.errno}]){file} {_where(run, config)} ({hint} first; the last commit is intact)")
     err.errno = exc.errno  # (strerror and filename stay unset: they would replace the message in str())
     return err
 

@@ -89,3 +89,32 @@ def test_teacher_assignment():
     assert assign_teachers([0, 1], [0, 1], "all") == [(0, 0), (1, 0), (0, 1), (1, 1)]
     with pytest.raises(ConfigError):
         assign_teachers([0, 3], [0, 1], "matched")
+
+
+@pytest.mark.parametrize("kind, option, value, allowed", [
+    ("kd", "weight", -1, "a number >= 0 (None: the published 0.9)"),
+    ("kd", "alpha", 5, "a number in [0, 1] (the distillation share; 1 - alpha weights the cross-entropy)"),
+    ("kd", "alpha", -0.5, "a number in [0, 1] (the distillation share; 1 - alpha weights the cross-entropy)"),
+    ("kd", "temperature", 0, "a number > 0"),
+    ("kd", "temperature", -4.0, "a number > 0"),
+    ("kd", "label_smoothing", 1.0, "a number in [0, 1) or None"),
+    ("ft", "warmup_epochs", 1.7, "an integer >= 0"),
+    ("ft", "warmup_epochs", -1, "an integer >= 0"),
+    ("kd", "teacher", 123, "the path of a complete run directory (a string)"),
+    ("kd", "convention", "torchdistill", "one of repdistiller, seed"),
+])
+def test_out_of_range_options_are_one_clear_error_before_training(kind, option, value, allowed, teacher_run, tmp_path):
+    import re
+
+    args = {"teacher": str(teacher_run.run_dir), option: value}
+    with pytest.raises(ConfigError) as info:  # from the RunConfig, or when the Learner is built
+        experiment.run(BASE.replace(method=kind, method_args=args), tmp_path)
+    msg = str(info.value)
+    # one line naming the option, what it accepts and the value (kd's own check, or the registry's by type)
+    assert len(msg.splitlines()) == 1 and f"got {value!r}" in msg, msg
+    assert re.match(rf"(method '{kind}' |{kind} )option {option} must be ", msg), msg
+    if msg.startswith(f"{kind} option"):
+        assert msg == f"{kind} option {option} must be {allowed}, got {value!r} ({type(value).__name__})"
+    assert not any(tmp_path.iterdir())  # nothing was started
+    with pytest.raises(ConfigError, match=rf"option {option} must be"):
+        build(kind, "resnet8", 10, 1, **args)
