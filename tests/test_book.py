@@ -179,7 +179,7 @@ def test_explorer_static_view_and_panel(monkeypatch):
     assert list(table["label"]) == ["a", "b"]
     assert list(table["test top-1 % (last epoch)"]) == [report_mean("53", "54"), report_mean("58", "59")]
     picked = explore.last_epoch_table(metrics, variants=["b"], seeds=[1])
-    assert list(picked["seeds"]) == [[1]] and picked["test top-1 % (last epoch)"].iloc[0].startswith("59.00")
+    assert list(picked["seeds"]) == ["1"] and picked["test top-1 % (last epoch)"].iloc[0].startswith("59.00")
     monkeypatch.setenv("COOPLIB_STATIC", "0")
     panel = explore.explorer(metrics)
     assert type(panel).__name__ == "VBox"
