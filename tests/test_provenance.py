@@ -38,7 +38,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
 
 
 def config(path: Path, **kw) -> RunConfig:
-    base = dict(dataset="npz", dataset_args={"path": str(path)}, model="resnet8", epochs=2, batch_size=32, lr=0.05,
+    base = dict(dataset="npz", dataset_args={"path": str(path)}, model="resnet8", epochs=2, batch_size=32, lr=0.05, schedule="cosine",
                 deterministic=True, device="cpu", progress=False, tensorboard=False)
     base.update(kw)
     return RunConfig(**base)

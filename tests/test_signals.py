@@ -22,7 +22,7 @@ from cooplib.models import build
 
 
 def small_config(**kw) -> RunConfig:
-    base = dict(model="resnet8", dataset="quadrants", epochs=4, batch_size=32, lr=0.05, weight_decay=5e-4,
+    base = dict(model="resnet8", dataset="quadrants", epochs=4, batch_size=32, lr=0.05, weight_decay=5e-4, schedule="cosine",
                 deterministic=True, progress=False, tensorboard=False, device="cpu")
     base.update(kw)
     return RunConfig(**base)
@@ -103,7 +103,7 @@ experiment.run(RunConfig.from_dict(json.loads(sys.argv[1])), run_dir=sys.argv[2]
 
 
 def test_sigterm_ends_with_one_line_and_resumes_identical(quadrants_npz, tmp_path, one_thread):
-    cfg = RunConfig(dataset="npz", dataset_args={"path": str(quadrants_npz)}, model="resnet8", epochs=8, batch_size=32,
+    cfg = RunConfig(dataset="npz", dataset_args={"path": str(quadrants_npz)}, model="resnet8", epochs=8, batch_size=32, schedule="cosine",
                     lr=0.05, deterministic=True, progress=False, tensorboard=False, device="cpu")
     cut = tmp_path / "cut"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
