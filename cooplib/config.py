@@ -152,6 +152,8 @@ class RunConfig:
         need(all(a < b for a, b in zip(self.milestones, self.milestones[1:])),
              f"milestones must be strictly increasing fractions in (0, 1), got {self.milestones!r}")
         need(0 < self.gamma <= 1, f"gamma must be in (0, 1], got {self.gamma!r}")
+        if self.schedule == "step":
+            self._check_milestone_epochs()
         need(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}{suggest(self.precision, PRECISIONS)}")
         need(self.augment in AUGMENTS, f"augment must be one of {AUGMENTS}, got {self.augment!r}{suggest(self.augment, AUGMENTS)}")
         need(not (self.nesterov and self.momentum == 0), "nesterov=True needs momentum > 0")
@@ -166,6 +168,22 @@ class RunConfig:
             v = getattr(self, name)
             need(v is None or (isinstance(v, int) and v > 0), f"{name} must be None or a positive integer, got {v!r}")
         self._check_methods()
+
+    def _check_milestone_epochs(self) -> None:
+        """Each step milestone must drop the lr inside the run: `optim.lr_factor` drops at
+        epoch round(m * epochs), so epoch 0 would train the whole run below `lr` from the
+        start (epochs=1 with 0.5/0.75 trained at 0.01, not 0.1), and epoch >= epochs never
+        applies the milestone (silently)."""
+        for m in self.milestones:
+            e = round(m * self.epochs)
+            if 1 <= e <= self.epochs - 1:
+                continue
+            why = "epoch 0, so the lr drops before the first epoch" if e < 1 else \
+                f"epoch {e}, after the last epoch ({self.epochs - 1}), so it never applies"
+            allowed = ("no epoch is left for a milestone: use milestones=[]" if self.epochs == 1
+                       else f"a milestone must fall on an epoch in 1..{self.epochs - 1}")
+            raise ConfigError(f"milestone {m} of epochs={self.epochs} falls on {why} (round({m} * {self.epochs})); "
+                              f"{allowed}, or schedule='constant' or 'cosine'")
 
     def _check_methods(self) -> None:
         """The method and its options (type, range, choices; `registry.Registry.check_options`),

@@ -46,7 +46,6 @@ def test_repeated_milestones_are_not_strictly_increasing():
     refused(r"milestones must be strictly increasing fractions in \(0, 1\), got \(0.5, 0.5\)", milestones=[0.5, 0.5])
 
 
-@pytest.mark.skip(reason="next commit")
 @pytest.mark.parametrize("epochs, milestones, bad", [(1, (0.5, 0.75), 0.5), (2, (0.5, 0.75), 0.75),
                                                      (10, (0.01, 0.5), 0.01), (10, (0.5, 0.97), 0.97)])
 def test_a_milestone_that_rounds_to_epoch_0_or_past_the_last_epoch(epochs, milestones, bad):

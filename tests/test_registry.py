@@ -56,7 +56,7 @@ def test_a_registered_toy_method_builds_checks_options_and_trains(toy, tiny_data
     torch.manual_seed(0)
     learner = methods.build("toy", "resnet8", tiny_data.num_classes, tiny_data.in_channels, sharpness=2.0)
     config = RunConfig(method="toy", method_args={"sharpness": 2.0}, model="resnet8", dataset="quadrants",
-                       epochs=1, batch_size=32, progress=False, tensorboard=False, device="cpu")
+                       epochs=1, schedule="constant", batch_size=32, progress=False, tensorboard=False, device="cpu")
     result = train.fit(learner, tiny_data, config, tmp_path / "toy")
     assert result.final["epochs_done"] == 1 and result.final["primary_head"] == "net"
     assert {"train/ce/net", "test/net/top1"} <= set(result.metrics[0])
