@@ -147,18 +147,22 @@ def load_learner(run_dir: str | Path, weights: str = "last") -> methods.Learner:
     return learner
 
 
-def run(config: RunConfig, out_dir: str | Path | None = None, *, run_dir: str | Path | None = None, resume: bool = True) -> RunResult:
-    """Train (or reuse/resume) one run; its directory is `out_dir/config.run_name()`."""
+def run(config: RunConfig, out_dir: str | Path | None = None, *, run_dir: str | Path | None = None, resume: bool = True,
+        wait: bool | None = None, wait_timeout: float | None = None) -> RunResult:
+    """Train (or reuse/resume) one run; its directory is `out_dir/config.run_name()`.
+    A run another process holds is waited for, then reused (`train.fit`'s `wait`)."""
     target = Path(run_dir) if run_dir is not None else runs_root(out_dir) / config.run_name()
-    return _train(config, load_data(config), target, resume)
+    return _train(config, load_data(config), target, resume, wait, wait_timeout)
 
 
-def _train(config: RunConfig, data: datasets.ImageData, target: Path, resume: bool = True) -> RunResult:
+def _train(config: RunConfig, data: datasets.ImageData, target: Path, resume: bool = True,
+           wait: bool | None = None, wait_timeout: float | None = None) -> RunResult:
     done = _reuse(config, data, Path(target), resume)
     if done is not None:  # complete: neither its teacher nor its parent is needed
         return done
     learner, opt_state, provenance = _build_learner(config, data)
-    return fit(learner, data, config, target, resume=resume, initial_optimizer_state=opt_state, provenance=provenance)
+    return fit(learner, data, config, target, resume=resume, initial_optimizer_state=opt_state, provenance=provenance,
+               wait=wait, wait_timeout=wait_timeout)
 
 
 def _reuse(config: RunConfig, data: datasets.ImageData, target: Path, resume: bool) -> RunResult | None:

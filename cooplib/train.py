@@ -82,6 +82,8 @@ def fit(
     resume: bool = True,
     initial_optimizer_state: dict | None = None,
     provenance: dict | None = None,
+    wait: bool | None = None,
+    wait_timeout: float | None = None,
 ) -> RunResult:
     """Train `learner` on `data` as `config` says, recording everything in `run_dir`.
 
@@ -97,12 +99,16 @@ def fit(
     with another identity is an error, and so is data with another fingerprint.
     Ctrl-C, SIGTERM and a failed write (disk full) end with one line naming the run
     directory and how to resume it (resuming is unaffected: bit-identical).
+    A run another process is training is waited for (one line says so; `wait_timeout`
+    seconds at most, None = no limit), then reused or resumed; `wait=False` makes it an
+    error at once. By default it waits when resuming is allowed.
     """
     run = runs.RunDir(run_dir)
     device = runtime.resolve_device(config.device)
     main = ddp.is_main()  # under torchrun, rank 0 alone locks and writes the run directory
+    wait = resume if wait is None else wait
     try:
-        with _sigterm_raises(), run.lock() if main else nullcontext():
+        with _sigterm_raises(), run.lock(wait=wait, timeout=wait_timeout) if main else nullcontext():
             if main:
                 run.admit(config, resume)
                 if not (run.path / runs.CONFIG).exists():

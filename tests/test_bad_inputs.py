@@ -226,3 +226,12 @@ def test_well_formed_profiles_still_load(tmp_path):
     assert prof["notebooks"] == {"baseline": None, "one": {"epochs": 3}} and prof["name"] == "mine"
     for name in book.profile_names():
         book.load_profile(name)
+
+
+def test_an_empty_teacher_seed_list_is_one_clear_line():
+    from cooplib.methods import kd
+
+    with pytest.raises(ConfigError, match=r"teacher_seeds is empty: give at least one teacher seed"):
+        kd.assign_teachers([0, 1], [], "same")
+    with pytest.raises(ConfigError, match=r"seeds \(the student seeds\) is empty"):
+        kd.assign_teachers([], [0], "all")

@@ -373,6 +373,10 @@ def assign_teachers(student_seeds, teacher_seeds, mode: str = "same") -> list[tu
     - ``all``: every student seed against every teacher seed (crossed; separates the two).
     """
     students, teachers = list(student_seeds), list(teacher_seeds)
+    if not teachers:
+        raise ConfigError("teacher_seeds is empty: give at least one teacher seed, e.g. [0]")
+    if not students:
+        raise ConfigError("seeds (the student seeds) is empty: give at least one, e.g. [0, 1, 2]")
     if mode == "same":
         return [(s, teachers[0]) for s in students]
     if mode == "matched":
