@@ -16,9 +16,9 @@ from cooplib.config import RunConfig
 from cooplib.errors import ConfigError, SweepError
 
 
-def configs(quadrants_npz, epochs=3) -> list[RunConfig]:
+def configs(quadrants_npz, epochs=3, schedule="step") -> list[RunConfig]:
     base = RunConfig(dataset="npz", dataset_args={"path": str(quadrants_npz)}, model="resnet8", epochs=epochs, batch_size=32,
-                     lr=0.05, deterministic=True, device="cpu", progress=False, tensorboard=False)
+                     lr=0.05, deterministic=True, device="cpu", progress=False, tensorboard=False, schedule=schedule)
     return [base.replace(seed=0), base.replace(seed=1), base.replace(method="one", method_args={"branches": 2}),
             base.replace(method="dml", method_args={"peers": 2})]
 
@@ -87,7 +87,7 @@ def test_local_cluster_sweep_equals_serial_and_survives_a_killed_worker(quadrant
 @pytest.mark.slow
 @pytest.mark.parametrize("where", ["serial", "local:2"])
 def test_a_failing_run_is_reported_and_does_not_stop_the_others(quadrants_npz, tmp_path, where):
-    good = configs(quadrants_npz, epochs=1)[:2]
+    good = configs(quadrants_npz, epochs=1, schedule="constant")[:2]
     bad = good[0].replace(dataset_args={"path": str(tmp_path / "missing.npz")})
     with pytest.raises(SweepError, match=r"1 of 3 run\(s\) failed.*\n.*" + bad.run_name() + r": DatasetNotFoundError"):
         experiment.run_all([good[0], bad, good[1]], tmp_path / "runs", cluster=where)
@@ -181,7 +181,7 @@ def slurm(tmp_path_factory, monkeypatch):
 
 @pytest.mark.slow
 def test_a_sweep_runs_on_slurm_through_dask_jobqueue(quadrants_npz, tmp_path, slurm):
-    cfgs = configs(quadrants_npz, epochs=2)[:2]
+    cfgs = configs(quadrants_npz, epochs=2, schedule="constant")[:2]
     spec = {"slurm": {"cores": 1, "memory": "2GB", "processes": 1, "walltime": "00:10:00", "jobs": 2,
                       "scheduler_options": {"host": "127.0.0.1", "dashboard_address": ":0"},
                       "log_directory": str(slurm / "logs")}}

@@ -156,7 +156,7 @@ def test_fit_sequential_logs_the_joint_modes_terms(tiny_data, tmp_path):
 
     torch.manual_seed(0)
     dml = build_dml("resnet8", tiny_data.num_classes, tiny_data.in_channels, update=update)
-    config = RunConfig(model="resnet8", dataset="quadrants", epochs=1, batch_size=48, lr=0.05,
+    config = RunConfig(model="resnet8", dataset="quadrants", epochs=1, schedule="constant", batch_size=48, lr=0.05,
                        progress=False, tensorboard=False, device="cpu", method="dml",
                        method_args={"update": update})
     record = train.fit(dml, tiny_data, config, tmp_path / update).metrics[-1]

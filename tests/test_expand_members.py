@@ -207,7 +207,7 @@ def test_annealed_expansion_interrupted_mid_anneal_resumes_to_the_same_run(quadr
 
     common = dict(model="resnet8", dataset="npz", dataset_args={"path": str(quadrants_npz)}, batch_size=32, lr=0.05,
                   deterministic=True, device="cpu", progress=False, tensorboard=False)
-    parent = experiment.run(RunConfig(method="one", epochs=1, method_args={"branches": 2}, **common), tmp_path).run_dir
+    parent = experiment.run(RunConfig(method="one", epochs=1, schedule="constant", method_args={"branches": 2}, **common), tmp_path).run_dir
     child = RunConfig(method="one", epochs=3, init_from=str(parent),
                       method_args={"branches": 3, "expand": "fresh", "expand_anneal": 2.0}, **common)
     ref = experiment.run(child, run_dir=tmp_path / "ref")

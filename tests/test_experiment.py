@@ -14,7 +14,7 @@ def npz_config(tiny_data, tmp_path):
     np.savez(path, x_train=tiny_data.x_train.numpy(), y_train=tiny_data.y_train.numpy(),
              x_test=tiny_data.x_test.numpy(), y_test=tiny_data.y_test.numpy())
     return RunConfig(dataset="npz", dataset_args={"path": str(path)}, model="resnet8", epochs=2, batch_size=32,
-                     lr=0.05, deterministic=True, device="cpu", progress=False, tensorboard=False)
+                     lr=0.05, schedule="constant", deterministic=True, device="cpu", progress=False, tensorboard=False)
 
 
 def test_init_from_loads_weights_and_momentum_strictly(npz_config, tmp_path):

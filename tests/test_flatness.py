@@ -163,7 +163,7 @@ def two_seeds(tiny_data, tmp_path):
     np.savez(path, x_train=tiny_data.x_train.numpy(), y_train=tiny_data.y_train.numpy(),
              x_test=tiny_data.x_test.numpy(), y_test=tiny_data.y_test.numpy())
     base = RunConfig(dataset="npz", dataset_args={"path": str(path)}, model="resnet8", epochs=1, batch_size=32,
-                     lr=0.05, deterministic=True, device="cpu", progress=False, tensorboard=False)
+                     lr=0.05, schedule="constant", deterministic=True, device="cpu", progress=False, tensorboard=False)
     configs = {(label, s): base.replace(method=m, seed=s, method_args=a)
                for label, m, a in (("vanilla", "baseline", {}), ("DML", "dml", {"peers": 2})) for s in (0, 1)}
     return dict(zip(configs, experiment.run_all(configs.values(), tmp_path / "runs")))

@@ -188,7 +188,7 @@ def test_the_run_config_reaches_the_scheduler_and_the_run_record(tmp_path):
     from cooplib.config import RunConfig
 
     base = RunConfig(method="one", model="resnet8", dataset="digits", train_size=100, test_size=50, epochs=1,
-                     batch_size=50, lr=0.05, grad_ratio_lr=True, device="cpu", progress=False, tensorboard=False,
+                     schedule="constant", batch_size=50, lr=0.05, grad_ratio_lr=True, device="cpu", progress=False, tensorboard=False,
                      method_args={"branches": 2})
     assert base.replace(grad_ratio_exclude="none", grad_ratio_ema=0.0).run_name() == base.run_name()
     stable = base.replace(grad_ratio_exclude="pre_bn", grad_ratio_ema=0.9)

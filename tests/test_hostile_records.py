@@ -33,7 +33,7 @@ needs_fit_call_site = pytest.mark.skipif(
 
 def config(quadrants_npz, **kw) -> RunConfig:
     base = dict(dataset="npz", dataset_args={"path": str(quadrants_npz)}, model="resnet8", epochs=EPOCHS, batch_size=32,
-                lr=0.05, deterministic=True, device="cpu", progress=False, tensorboard=False)
+                lr=0.05, schedule="constant", deterministic=True, device="cpu", progress=False, tensorboard=False)
     base.update(kw)
     return RunConfig(**base)
 

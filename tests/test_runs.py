@@ -176,7 +176,7 @@ def test_damaged_checkpoint_metrics_and_weights_are_detected_and_named(quadrants
 
 def test_damaged_commit_file_names_itself(quadrants_npz, tmp_path):
     run_dir = tmp_path / "run"
-    experiment.run(config(quadrants_npz, epochs=1), run_dir=run_dir)
+    experiment.run(config(quadrants_npz, epochs=1, schedule="constant"), run_dir=run_dir)
     (run_dir / runs.COMMIT).write_text('{"state": "comp')
     with pytest.raises(RunDirError, match=r"commit.json is not valid JSON"):
         runs.load_runs([run_dir])
@@ -184,7 +184,7 @@ def test_damaged_commit_file_names_itself(quadrants_npz, tmp_path):
 
 def test_reset_moves_a_run_aside_so_that_it_retrains(quadrants_npz, tmp_path):
     run_dir = tmp_path / "run"
-    cfg = config(quadrants_npz, epochs=1)
+    cfg = config(quadrants_npz, epochs=1, schedule="constant")
     experiment.run(cfg, run_dir=run_dir)
     assert runs.main(["reset", str(run_dir)]) == 0
     assert not run_dir.exists() and len(list(tmp_path.glob("run.damaged-*"))) == 1
@@ -208,19 +208,19 @@ def test_a_run_directory_has_one_trainer_at_a_time(quadrants_npz, tmp_path):
         assert holder.stdout.readline().strip() == "locked"
         no_wait = {"wait": False} if "wait" in inspect.signature(experiment.run).parameters else {}
         with pytest.raises(RunLockedError, match=rf"is being trained by pid {holder.pid} on "):
-            experiment.run(config(quadrants_npz, epochs=1), run_dir=run_dir, **no_wait)
+            experiment.run(config(quadrants_npz, epochs=1, schedule="constant"), run_dir=run_dir, **no_wait)
         assert not (run_dir / runs.CONFIG).exists()
     finally:
         holder.kill()  # SIGKILL: the OS releases the lock with the process
         holder.wait()
-    assert experiment.run(config(quadrants_npz, epochs=1), run_dir=run_dir).final["epochs_done"] == 1
+    assert experiment.run(config(quadrants_npz, epochs=1, schedule="constant"), run_dir=run_dir).final["epochs_done"] == 1
 
 
 def test_a_second_config_in_the_same_directory_is_refused(quadrants_npz, tmp_path):
     run_dir = tmp_path / "run"
-    experiment.run(config(quadrants_npz, epochs=1), run_dir=run_dir)
+    experiment.run(config(quadrants_npz, epochs=1, schedule="constant"), run_dir=run_dir)
     with pytest.raises(RunDirError, match=rf"{run_dir} holds a run with a different config \(lr: 0.05 -> 0.1\)"):
-        experiment.run(config(quadrants_npz, epochs=1, lr=0.1), run_dir=run_dir)
+        experiment.run(config(quadrants_npz, epochs=1, schedule="constant", lr=0.1), run_dir=run_dir)
     with pytest.raises(RunDirError, match=rf"{run_dir / runs.CONFIG}: unknown run parameter 'lrr'"):
         meta = runs.read_json(run_dir / runs.CONFIG)
         meta["config"]["lrr"] = 1
@@ -268,7 +268,7 @@ def test_divergence_is_stopped_before_the_commit_and_the_message_is_true(tiny_da
 def test_orphans_and_uncommitted_files_are_removed_on_resume(quadrants_npz, tmp_path):
     cfg = config(quadrants_npz)
     run_dir = tmp_path / "run"
-    experiment.run(cfg.replace(epochs=1), run_dir=run_dir)  # a different config: copy its epoch into a new dir
+    experiment.run(cfg.replace(epochs=1, schedule="constant"), run_dir=run_dir)  # a different config: copy its epoch into a new dir
     cut = tmp_path / "cut"
     cut.mkdir()
     for p in run_dir.iterdir():
@@ -292,7 +292,7 @@ def test_orphans_and_uncommitted_files_are_removed_on_resume(quadrants_npz, tmp_
 
 def test_a_run_directory_of_the_older_layout_is_left_alone(quadrants_npz, tmp_path):
     run_dir = tmp_path / "run"
-    cfg = config(quadrants_npz, epochs=1)
+    cfg = config(quadrants_npz, epochs=1, schedule="constant")
     run_dir.mkdir()
     runs.write_json(run_dir / runs.CONFIG, {"config": cfg.to_dict()})
     (run_dir / "status.json").write_text('{"state": "complete"}')

@@ -220,21 +220,21 @@ def test_diverging_loss_stops_and_keeps_last_good_checkpoint(tiny_data, tmp_path
 
 def test_resume_with_a_different_config_is_refused_and_changes_nothing(tiny_data, tmp_path):
     run_dir = tmp_path / "run"
-    train.fit(baseline(tiny_data), tiny_data, small_config(epochs=1), run_dir)
+    train.fit(baseline(tiny_data), tiny_data, small_config(epochs=1, schedule="constant"), run_dir)
     before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and p.name != runs.LOCK}
     with pytest.raises(RunDirError, match=r"lr: 0.05 -> 0.2"):
-        train.fit(baseline(tiny_data), tiny_data, small_config(epochs=1, lr=0.2), run_dir)
+        train.fit(baseline(tiny_data), tiny_data, small_config(epochs=1, schedule="constant", lr=0.2), run_dir)
     assert before == {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and p.name != runs.LOCK}
     with pytest.raises(RunDirError, match="resume=True"):
-        train.fit(baseline(tiny_data), tiny_data, small_config(epochs=1), run_dir, resume=False)
+        train.fit(baseline(tiny_data), tiny_data, small_config(epochs=1, schedule="constant"), run_dir, resume=False)
 
 
 def test_complete_run_is_reused_not_retrained(tiny_data, tmp_path):
     run_dir = tmp_path / "run"
-    first = train.fit(baseline(tiny_data), tiny_data, small_config(epochs=1), run_dir)
+    first = train.fit(baseline(tiny_data), tiny_data, small_config(epochs=1, schedule="constant"), run_dir)
     ckpt = runs.RunDir(run_dir).file_path("checkpoint")
     stamp = ckpt.stat().st_mtime_ns
-    again = train.fit(baseline(tiny_data, seed=5), tiny_data, small_config(epochs=1, progress=True), run_dir)
+    again = train.fit(baseline(tiny_data, seed=5), tiny_data, small_config(epochs=1, schedule="constant", progress=True), run_dir)
     assert again.final == first.final and ckpt.stat().st_mtime_ns == stamp
 
 
@@ -266,7 +266,7 @@ def test_checkpoint_loading_never_executes_code(tmp_path, monkeypatch):
 
 def test_run_directory_records(tiny_data, tmp_path):
     run_dir = tmp_path / "run"
-    cfg = small_config(epochs=2, tensorboard=True)
+    cfg = small_config(epochs=2, schedule="constant", tensorboard=True)
     res = train.fit(baseline(tiny_data), tiny_data, cfg, run_dir)
     meta = runs.read_json(run_dir / runs.CONFIG)
     assert meta["config"] == cfg.to_dict() and meta["versions"]["torch"] == torch.__version__
@@ -342,7 +342,7 @@ class FrozenLinear(Learner):
 def test_training_metrics_are_per_sample_means_over_the_epoch(tiny_data, tmp_path):
     from cooplib.data import DeviceLoader
 
-    cfg = small_config(epochs=1, batch_size=40, momentum=0.0, nesterov=False, weight_decay=0.0, augment="none")
+    cfg = small_config(epochs=1, schedule="constant", batch_size=40, momentum=0.0, nesterov=False, weight_decay=0.0, augment="none")
     learner = FrozenLinear()
     rec = train.fit(learner, tiny_data, cfg, tmp_path / "run").metrics[0]  # 96 images: batches of 40, 40, 16
     loader = DeviceLoader(tiny_data.x_train, tiny_data.y_train, 96, device=torch.device("cpu"), mean=tiny_data.mean, std=tiny_data.std)
@@ -353,8 +353,8 @@ def test_training_metrics_are_per_sample_means_over_the_epoch(tiny_data, tmp_pat
 
 
 def test_labels_repeat_across_seeds_without_string_encoding(tiny_data, tmp_path):
-    a = train.fit(baseline(tiny_data), tiny_data, small_config(epochs=1), tmp_path / "a").run_dir
-    b = train.fit(baseline(tiny_data, 1), tiny_data, small_config(epochs=1, seed=1), tmp_path / "b").run_dir
+    a = train.fit(baseline(tiny_data), tiny_data, small_config(epochs=1, schedule="constant"), tmp_path / "a").run_dir
+    b = train.fit(baseline(tiny_data, 1), tiny_data, small_config(epochs=1, schedule="constant", seed=1), tmp_path / "b").run_dir
     frame = runs.load_runs({("base", 0): a, ("base", 1): b})
     assert list(frame["label"]) == ["base", "base"] and list(frame["seed"]) == [0, 1]
     assert list(frame["deployed"]) == ["net", "net"]
