@@ -65,7 +65,7 @@ def main(argv=None) -> None:
     p.add_argument("--cluster", default=None, help="cooplib cluster spec, e.g. local:12")
     p.add_argument("--quick", action="store_true", help="tiny candidate for a smoke test")
     a = p.parse_args(argv)
-    candidates = ([{"model": "resnet8", "train_size": 500, "epochs": 2}] if a.quick else
+    candidates = ([{"model": "resnet8", "train_size": 500, "epochs": 4}] if a.quick else
                   [{"model": "resnet20", "train_size": 10000, "epochs": 15},
                    {"model": "resnet8", "train_size": 10000, "epochs": 15},
                    {"model": "resnet20", "train_size": 5000, "epochs": 24}])

@@ -236,7 +236,8 @@ def main(argv=None) -> int:
     batch = 32 if args.quick and args.batch == 128 else args.batch
     data = synthetic_cifar(images, batch * 2)
     config = RunConfig(method="baseline", model=model, dataset="synthetic-cifar", epochs=epochs, batch_size=batch,
-                       device=str(device), compile=args.compile, progress=False, tensorboard=False, augment="default")
+                       device=str(device), compile=args.compile, progress=False, tensorboard=False, augment="default",
+                       schedule="constant")  # a throughput measurement: no lr drop inside a few epochs
 
     resolved = runtime.resolve(config, device)
     rows = []
