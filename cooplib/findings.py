@@ -87,6 +87,13 @@ def _cell(text: str) -> str:
     return html.escape(str(text)) if text not in (None, "") else ""
 
 
+def _html_table(head: list[str], rows: list[list[str]]) -> str:
+    """An HTML table styled like `present.Table`'s; cells are HTML already (escaped, with links)."""
+    body = "\n".join("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>" for cells in rows)
+    return ('<div class="cooplib-table-wrap"><table class="dataframe cooplib-table">\n<thead><tr>'
+            + "".join(f"<th>{h}</th>" for h in head) + f"</tr></thead>\n<tbody>\n{body}\n</tbody></table></div>")
+
+
 def _table(frame: pd.DataFrame) -> str:
     """One chapter's verdicts: the claim (with a link to its section), n, the interval, the
     verdict, the power calculation, and what qualifies the verdict (confounds, caveats)."""
@@ -99,10 +106,8 @@ def _table(frame: pd.DataFrame) -> str:
         notes += list(r.caveats or [])
         cells = [_cell(r.claim) + link, str(r.n), _cell(r.interval) + f"<br><small>{_cell(r.unit)}</small>",
                  f"<strong>{_cell(r.status)}</strong>", need, "<small>" + "<br>".join(_cell(n) for n in notes) + "</small>"]
-        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    return ('<div class="cooplib-table-wrap"><table class="dataframe cooplib-table">\n<thead><tr>'
-            + "".join(f"<th>{h}</th>" for h in head) + "</tr></thead>\n<tbody>\n" + "\n".join(rows)
-            + "\n</tbody></table></div>")
+        rows.append(cells)
+    return _html_table(head, rows)
 
 
 def _overview(frame: pd.DataFrame) -> str:
@@ -114,10 +119,8 @@ def _overview(frame: pd.DataFrame) -> str:
         cells = [f'<a href="#{anchor(g["chapter"].iloc[0])}">{_cell(g["chapter"].iloc[0])}</a>', str(len(g)),
                  *[str(int((g["status"] == s).sum())) for s in STATUSES], str(int(sum(bool(c) for c in g["confounds"]))),
                  f"{int((top1['half_width'] <= TARGET_HALF_WIDTH).sum())} of {len(top1)}"]
-        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    return ('<div class="cooplib-table-wrap"><table class="dataframe cooplib-table">\n<thead><tr>'
-            + "".join(f"<th>{h}</th>" for h in head) + "</tr></thead>\n<tbody>\n" + "\n".join(rows)
-            + "\n</tbody></table></div>")
+        rows.append(cells)
+    return _html_table(head, rows)
 
 
 def summary(frame: pd.DataFrame) -> str:

@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import save as safetensors_save
 
 from . import ddp, metrics, runs, runtime
 from .config import RunConfig
@@ -332,7 +331,7 @@ def _fit(learner, data, config, run: runs.RunDir, device, ckpt, initial_optimize
                     "loader": train_loader.state_dict(), "rng": runtime.rng_state(device)}
             if main:
                 run.commit_epoch(epoch=epoch + 1, records=records, checkpoint=runs.torch_bytes(ckpt),
-                                 weights=_weights_bytes(learner), best_epoch=best_epoch, final=final)
+                                 weights=runs.weights_bytes(learner.state_dict()), best_epoch=best_epoch, final=final)
             if writer is not None:
                 for k, v in record.items():
                     if k != "epoch":
@@ -346,10 +345,6 @@ def _fit(learner, data, config, run: runs.RunDir, device, ckpt, initial_optimize
         if writer is not None:
             writer.close()
     return RunResult(run.path, final, records)
-
-
-def _weights_bytes(learner: Learner) -> bytes:
-    return safetensors_save({k: v.detach().cpu().contiguous() for k, v in learner.state_dict().items()})
 
 
 def _run_metadata(config: RunConfig, data: ImageData, device: torch.device, provenance: dict | None = None) -> dict:
