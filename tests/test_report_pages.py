@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from cooplib import findings
-from cooplib.present import VERDICT_MIME
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
 
@@ -52,4 +51,3 @@ def test_every_chapter_with_verdicts_records_them():
     stated = {p.stem for p in NOTEBOOKS if re.search(r"\b(supported|contradicted|not resolved)\b",
                                                      "\n".join(_texts(json.loads(p.read_text()))))}
     assert stated - recorded == set(), f"pages state verdicts without records: {sorted(stated - recorded)}"
-    assert VERDICT_MIME.startswith("application/vnd.cooplib")
