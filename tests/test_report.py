@@ -206,12 +206,12 @@ def test_dml_and_kd_verdicts_differ_only_in_the_method():
 
 def _finals_and_metrics():
     finals, metrics = [], []
-    for label, train_end, test_end in (("fit", 2.0, 12.0), ("under", 18.0, 21.0)):
+    for label, train_end, test_end, fall in (("fit", 2.0, 12.0, 0.2), ("under", 18.0, 21.0, 0.8)):
         for s in range(2):
             run = f"{label}-s{s}"
             finals.append({"label": label, "run": run, "seed": s, "deployed": "net"})
             for e in range(1, 9):
-                train = train_end + (8 - e) * 0.2 + 0.2 * s
+                train = train_end + (8 - e) * fall + 0.2 * s
                 metrics.append({"run": run, "epoch": e, "train/net/top1": 100 - train, "test/net/top1": 100 - test_end - 0.2 * s})
     return pd.DataFrame(finals), pd.DataFrame(metrics)
 
@@ -222,6 +222,7 @@ def test_convergence_table_and_underfit_caveats():
     assert t.loc["fit", "train error % (last)"] == "2.10 ± 0.14" and t.loc["under", "test error % (last)"] == "21.10 ± 0.14"
     assert t.loc["fit", "train error slope (points/epoch)"] == "-0.20 ± 0.00" and t.loc["fit", "slope over"] == "last 2 of 8 epochs"
     assert t.loc["fit", "caveat"] == "" and t.loc["under", "caveat"].startswith("underfit: train error 18.1 % vs test 21.1 %")
+    assert "still falling 0.80 points/epoch" in t.loc["under", "caveat"]
     caveats = report.underfit_caveats(finals, metrics, ["fit", "under"], head="net")
     assert len(caveats) == 1 and caveats[0].endswith("(under)")
     finals["seed"] = [0, 1, 0, 1]
