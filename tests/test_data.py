@@ -209,7 +209,7 @@ def test_unknown_name_suggests_close_match():
     with pytest.raises(ValueError, match="no option"):
         data.load("digits", test_fracton=0.3)
     assert set(data.names()) == {"cifar10", "cifar100", "svhn", "tinyimagenet",
-                                 "fashion-mnist", "digits", "npz"}
+                                 "fashion-mnist", "digits", "npz", "folder"}
 
 
 def test_default_root_env(monkeypatch, tmp_path):

@@ -5,11 +5,11 @@ whole dataset as uint8 NCHW tensors on the CPU; :class:`DeviceLoader` (loader.py
 it into normalised, augmented batches on the training device.
 
 Each source is one module that registers its reader with ``@DATASETS.register(name)``:
-cifar.py (cifar10, cifar100), svhn.py, tinyimagenet.py, fashion_mnist.py, digits.py and
-npz.py (any .npz file); importing it here makes the name known. A reader's options are
-its keyword-only parameters. Datasets cannot always be downloaded (offline machines,
-CI): a missing one raises :class:`DatasetNotFoundError` saying which file to fetch from
-where and where to put it.
+cifar.py (cifar10, cifar100), svhn.py, tinyimagenet.py, fashion_mnist.py, digits.py,
+npz.py (any .npz file) and folder.py (image files in ImageFolder layout); importing it
+here makes the name known. A reader's options are its keyword-only parameters. Datasets
+cannot always be downloaded (offline machines, CI): a missing one raises
+:class:`DatasetNotFoundError` saying which file to fetch from where and where to put it.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 
 from ..registry import DATASETS
-from . import cifar, digits, fashion_mnist, npz, svhn, tinyimagenet  # noqa: F401  (they register)
+from . import cifar, digits, fashion_mnist, folder, npz, svhn, tinyimagenet  # noqa: F401  (they register)
 from .core import Augment, DatasetNotFoundError, ImageData
 from .fashion_mnist import read_idx
 from .loader import DeviceLoader, crop_batch, random_crop_flip, sample_crop_flip
