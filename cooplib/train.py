@@ -389,9 +389,9 @@ def _stop_if_diverged(run: runs.RunDir, learner: Learner, epoch: int, train_metr
 def _tensorboard(run_dir: Path, config: RunConfig, start_epoch: int):
     if not config.tensorboard:
         return None
-    from torch.utils.tensorboard import SummaryWriter
+    from . import tensorboard_log  # scalars below; HParams records (config, final metrics) in the same run
 
-    return SummaryWriter(str(run_dir / runs.EVENTS), purge_step=start_epoch + 1 if start_epoch else None)
+    return tensorboard_log.open_writer(run_dir, config, start_epoch)
 
 
 def _progress_bar(config: RunConfig, steps: int, start_epoch: int, run_dir: Path):
