@@ -182,7 +182,32 @@ def test_explorer_static_view_and_panel(monkeypatch):
     assert list(picked["seeds"]) == ["1"] and picked["test top-1 % (last epoch)"].iloc[0].startswith("59.00")
     monkeypatch.setenv("COOPLIB_STATIC", "0")
     panel = explore.explorer(metrics)
-    assert type(panel).__name__ == "VBox"
+    assert type(panel.widget).__name__ == "VBox"
+    bundle = panel._repr_mimebundle_()
+    # a live frontend draws the widget; one without its state shows the static view, not the VBox repr
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+    assert "data:image/png;base64," in bundle["text/html"] and "test top-1 % (last epoch)" in bundle["text/html"]
+    assert "VBox" not in bundle["text/plain"]
+
+
+def test_explorer_curves_keep_at_most_six_lines_a_panel(monkeypatch):
+    """24 (variant, head) lines become panels of at most MAX_LINES lines, every line drawn once."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from cooplib import explore
+
+    heads = [f"branch{i}" for i in range(4)] + ["ensemble", "average"]
+    rows = [{"label": lab, "seed": s, "epoch": e, **{f"test/{h}/top1": 50.0 + e for h in heads}}
+            for lab in ("A", "B", "C", "D") for s in (0, 1) for e in (1, 2, 3)]
+    fig = explore.curves(pd.DataFrame(rows))
+    drawn = [ax for ax in fig.axes if ax.get_visible() and ax.lines]
+    assert len(drawn) == 4 and all(len(ax.lines) <= explore.MAX_LINES for ax in drawn)
+    assert sum(len(ax.lines) for ax in drawn) == 24 and {ax.get_title() for ax in drawn} == {f"label: {v}" for v in "ABCD"}
+    plt.close(fig)
+    few = explore.curves(pd.DataFrame([r for r in rows if r["label"] == "A"]), heads=["branch0", "ensemble"])
+    assert len([ax for ax in few.axes if ax.lines]) == 1  # 2 lines: one panel
+    plt.close(few)
 
 
 def report_mean(*values):
