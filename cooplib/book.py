@@ -41,6 +41,9 @@ RECORD_FILES = ("config.json", "metrics.jsonl", "final.json")
 
 #: parameters every notebook declares, filled in by `execute`
 INJECTED = ("profile", "out_dir")
+#: the parameter every notebook declares for where its runs execute (a profile's top-level
+#: `cluster:` fills it, see `validate`); it does not change what the runs compute
+CLUSTER = "cluster"
 
 
 class _ProfileLoader(yaml.SafeLoader):
@@ -103,6 +106,25 @@ def _check_profile(path: Path, prof) -> None:
     for key, (kind, what) in _PROFILE_KEYS.items():
         if key in prof and not isinstance(prof[key], kind):
             raise ConfigError(f"profile {path}: {key} must be {what.format(name=path.stem)}, got {prof[key]!r}")
+    if prof.get(CLUSTER) is not None:
+        why = _cluster_problem(prof[CLUSTER])
+        if why:
+            raise ConfigError(f"profile {path}: {why}")
+
+
+def _cluster_problem(spec) -> str | None:
+    """Why a profile's cluster entry is no cluster spec (`cooplib.cluster`), or None. A
+    profile is text: a string ('local:4', 'tcp://host:8786', ...) or a jobqueue mapping."""
+    from .cluster import check_spec
+
+    if not isinstance(spec, (str, dict)):
+        return (f"cluster must be a string like 'local:4' or 'tcp://host:8786', or a mapping like "
+                f"{{slurm: {{cores: 8, jobs: 4}}}}, got {spec!r}")
+    try:
+        check_spec(spec)
+    except ConfigError as exc:
+        return str(exc)
+    return None
 
 
 def _yaml_kind(value) -> str:
@@ -154,6 +176,8 @@ def validate(profile: dict, only: list[str] | None = None) -> dict[str, dict]:
     plan = {}
     for nb in selected:
         params = dict(profile["notebooks"][nb] or {})
+        if profile.get(CLUSTER) is not None:  # the profile's cluster, unless this notebook names its own
+            params.setdefault(CLUSTER, profile[CLUSTER])
         declared = notebook_parameters(nb)
         for key in params:
             if key in INJECTED:
@@ -163,6 +187,8 @@ def validate(profile: dict, only: list[str] | None = None) -> dict[str, dict]:
                     f"profile {profile['name']!r}, notebook {nb!r}: unknown parameter {key!r}{suggest(key, declared)}; "
                     f"the notebook declares: {', '.join(declared)}"
                 )
+            if key == CLUSTER and params[key] is not None and _cluster_problem(params[key]):
+                raise ConfigError(f"profile {profile['name']!r}, notebook {nb!r}: {_cluster_problem(params[key])}")
             problem = type_mismatch(params[key], declared[key])
             if problem:
                 raise ConfigError(f"profile {profile['name']!r}, notebook {nb!r}: {key} {problem}")
@@ -246,7 +272,7 @@ def hand_set(notebook: str, namespace: dict, declared: dict[str, str] | None = N
         entry = {}
     out = {}
     for name, source in declared.items():
-        if name in INJECTED or name not in namespace:
+        if name in INJECTED or name == CLUSTER or name not in namespace:  # where runs execute is not what they compute
             continue
         try:
             expected = entry[name] if name in entry else ast.literal_eval(source)
@@ -271,7 +297,8 @@ def execute(profile_name: str, only: list[str] | None = None, runs_dir: str | Pa
     Every notebook runs even when another fails; `jobs` > 1 runs that many notebooks at
     once (each in its own kernel; the notebooks are independent). Executed notebooks of
     another profile are removed first, so the book never mixes profiles. A profile's
-    `cluster:` entry (see `cooplib.cluster`) is where the notebooks' sweeps run. Returns
+    `cluster:` entry (see `cooplib.cluster`) is where the notebooks' sweeps run: `validate`
+    passes it as their `cluster` parameter (a notebook's own `cluster:` wins). Returns
     the failures, {notebook: "In [n]: Error: message"} (empty when all succeeded).
     """
     import multiprocessing
@@ -284,10 +311,6 @@ def execute(profile_name: str, only: list[str] | None = None, runs_dir: str | Pa
     _remove_other_profiles(profile["name"])
     os.environ["COOPLIB_PROGRESS"] = "1" if progress else "0"
     os.environ["COOPLIB_STATIC"] = "1"  # explorers draw their static view (see cooplib.explore)
-    if profile.get("cluster") is not None:
-        import json
-
-        os.environ["COOPLIB_CLUSTER"] = json.dumps(profile["cluster"]) if isinstance(profile["cluster"], dict) else str(profile["cluster"])
     if jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
         # each kernel gets its share of the cores: oversubscribed OpenMP threads spin and
         # made two concurrent notebooks on 2 cores 25x slower than one after another

@@ -192,19 +192,24 @@ def _reuse(config: RunConfig, data: datasets.ImageData, target: Path, resume: bo
 def run_all(configs: Iterable[RunConfig], out_dir: str | Path | None = None, *, cluster: Any = None) -> list[Path]:
     """Run every config; return their run directories (in the order given).
 
-    In this process, one run after another (each dataset loaded once), unless a Dask
-    cluster is named (`cluster`, a profile's `cluster:` or $COOPLIB_CLUSTER; with two or
-    more GPUs, one worker per GPU by default): then one task per run (`cooplib.cluster`).
+    In this process, one run after another (each dataset loaded once), unless there is a
+    Dask cluster: then one task per run. `cluster` is your `distributed.Client`, a Dask
+    cluster object (`LocalCluster`, a dask-jobqueue cluster: cooplib connects its own
+    client to it) or a spec ("serial", "local:N", "tcp://host:port", {"slurm": {...}});
+    None takes the running default client (`Client(...)` you opened), else a profile's
+    `cluster:` / $COOPLIB_CLUSTER, else one worker per GPU when there are two or more
+    (`cooplib.cluster`). What you pass is never closed.
     A run that fails does not stop the others; once all are done, `SweepError` lists the
     failed run directories. Configs that name the same run train once.
     """
     configs = list(configs)
     targets = [runs_root(out_dir) / c.run_name() for c in configs]
     unique = dict(zip(targets, configs))
-    if cluster_mod.is_serial(cluster):
+    where = cluster_mod.resolve(cluster)  # once: the default client is looked up here
+    if isinstance(where, str) and where == "serial":
         failures = _run_serial(unique)
     else:
-        failures = _run_on_cluster(unique, cluster)
+        failures = _run_on_cluster(unique, where)
     if failures:
         lines = [f"  {target}: {type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
                  for target, exc in failures.items()]
@@ -237,17 +242,26 @@ def _run_on_cluster(unique: dict[Path, RunConfig], spec: Any) -> dict[Path, Base
         futures: dict[Path, Any] = {}
         for target, config in unique.items():  # a run initialised from another waits for it
             parent = futures.get(Path(config.init_from)) if config.init_from else None
-            futures[target] = client.submit(_task, config, str(target), parent, key=f"run-{target.name}", pure=False)
+            futures[target] = client.submit(_task, config, str(target), parent, key=_task_key(target), pure=False)
         owner = {f.key: t for t, f in futures.items()}
         failures = {}
         bar = tqdm(total=len(futures), desc="runs", unit="run", disable=os.environ.get("COOPLIB_PROGRESS", "1") == "0")
-        for future in as_completed(list(futures.values())):
+        for future in as_completed(list(futures.values()), loop=client.loop):  # this client's, default or not
             if future.status == "error":
                 failures[owner[future.key]] = future.exception()
             bar.set_postfix(failed=len(failures), refresh=False)
             bar.update(1)
         bar.close()
     return failures
+
+
+def _task_key(target: Path) -> str:
+    """The Dask key of a run's task: its name and its folder. A long-lived client may
+    still hold the task of the same run name in another run root (a sweep repeated in
+    another out_dir), which Dask would hand back instead of training this one."""
+    import hashlib
+
+    return f"run-{target.name}-{hashlib.sha256(str(target).encode()).hexdigest()[:8]}"
 
 
 def _task(config: RunConfig, target: str, parent: Any = None) -> str:

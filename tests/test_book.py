@@ -61,6 +61,38 @@ def test_profile_values_must_have_the_type_of_the_notebook_default(tmp_path):
     assert plan["baseline"] == {"weight_decay": 5e-4, "lr": 0.1, "dataset": "digits"}
 
 
+def test_every_notebook_declares_cluster_and_the_profiles_cluster_reaches_it(tmp_path):
+    """A profile's `cluster:` (a spec string or a jobqueue mapping) becomes every notebook's
+    `cluster` parameter, survives papermill's injection, and is not a hand-set parameter."""
+    import nbformat
+    from papermill.parameterize import parameterize_notebook
+
+    names = sorted(p.stem for p in book.NOTEBOOKS.glob("*.ipynb"))
+    assert len(names) == 8 and all(book.notebook_parameters(nb).get("cluster") == "None" for nb in names)
+    slurm = {"slurm": {"cores": 4, "memory": "8GB", "job_extra_directives": ["--gres=gpu:1"], "jobs": 2}}
+    for spec in ("local:2", slurm):
+        path = tmp_path / "cluster.yml"
+        path.write_text(yaml.safe_dump({"cluster": spec, "notebooks": {"baseline": {"epochs": 3}, "dml": None,
+                                                                      "one": {"cluster": "serial"}}}))
+        plan = book.validate(book.load_profile(str(path)))
+        assert plan == {"baseline": {"epochs": 3, "cluster": spec}, "dml": {"cluster": spec}, "one": {"cluster": "serial"}}
+    nb = nbformat.read(book.NOTEBOOKS / "baseline.ipynb", as_version=4)
+    declared = next(c.source for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    injected = next(c.source for c in parameterize_notebook(nb, {"profile": "smoke", "cluster": slurm}).cells
+                    if "injected-parameters" in c.metadata.get("tags", []))
+    namespace: dict = {}
+    exec(declared + "\n" + injected, namespace)
+    assert namespace["cluster"] == slurm
+    book.check_notebook_parameters("baseline", {**namespace, "In": [declared, injected]})
+    assert book.LAST_CHECK["hand_set"] == {}  # where the runs execute does not change the page's numbers
+    for bad, why in (("lokal:2", "unknown cluster 'lokal:2'"), (4, "cluster must be a string"), ({"slurm": 4}, "must be a mapping")):
+        path.write_text(yaml.safe_dump({"cluster": bad, "notebooks": {"baseline": None}}))
+        with pytest.raises(ConfigError, match=why):
+            book.load_profile(str(path))
+    with pytest.raises(ConfigError, match=r"notebook 'baseline': cluster 'local:0': expected local:N"):
+        book.validate(_profile(tmp_path, {"baseline": {"cluster": "local:0"}}))
+
+
 def test_notebook_guard_catches_what_papermill_only_warns_about():
     declared = {k: eval(v) for k, v in book.notebook_parameters("baseline").items()}  # the defaults
     ok = {**declared, "In": ["", "# parameters\nepochs = 30", "# Parameters\nepochs = 3\n"]}

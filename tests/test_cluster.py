@@ -1,5 +1,6 @@
 """Sweeps on a real Dask LocalCluster: same run directories as serial, survive a lost
-worker, and a failing run does not stop the others."""
+worker, and a failing run does not stop the others; a researcher's own Client, cluster
+object or default client runs them and stays open."""
 from __future__ import annotations
 
 import os
@@ -14,6 +15,53 @@ import torch
 from cooplib import cluster, experiment, runs
 from cooplib.config import RunConfig
 from cooplib.errors import ConfigError, SweepError
+
+
+def _restore(environ: dict) -> None:
+    for key in [k for k in os.environ if k not in environ]:
+        del os.environ[key]
+    for key, value in environ.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value
+
+
+@pytest.fixture(autouse=True)
+def environ_kept():
+    """What a test here sets in os.environ is put back (a Dask nanny sets OMP_NUM_THREADS=1
+    and more in this process when it spawns a worker: that slowed every later test)."""
+    before = dict(os.environ)
+    yield
+    _restore(before)
+
+
+@pytest.fixture(scope="module")
+def local_cluster():
+    """The researcher's own LocalCluster: 2 worker processes of 1 thread each."""
+    from distributed import LocalCluster
+
+    before = dict(os.environ)
+    local = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
+    _restore(before)  # the nannies' OMP_NUM_THREADS=1 etc. stay out of this pytest process
+    try:
+        yield local
+    finally:
+        local.close()
+        _restore(before)
+
+
+@pytest.fixture
+def client(local_cluster):
+    """`Client(LocalCluster(...))` as a researcher opens it: the running default client."""
+    from distributed import Client
+
+    with Client(local_cluster) as c:
+        yield c
+
+
+def tiny_digits() -> list[RunConfig]:
+    base = RunConfig(dataset="digits", model="resnet8", epochs=1, batch_size=32, train_size=100, test_size=100,
+                     schedule="constant", device="cpu", progress=False, tensorboard=False)
+    return [base.replace(seed=0), base.replace(seed=1)]
 
 
 def configs(quadrants_npz, epochs=3, schedule="step") -> list[RunConfig]:
@@ -53,6 +101,54 @@ def test_cluster_specs_resolve(monkeypatch):
             pass
 
 
+def test_cluster_in_force_explicit_then_default_client_then_environment(monkeypatch):
+    """Nothing is started to find out: a named cluster wins, then the default client."""
+    monkeypatch.delenv(cluster.ENV, raising=False)
+    assert cluster.default_client() is None  # no Client opened in this process: nothing to use
+
+    class Cluster:  # what LocalCluster and dask-jobqueue clusters have in common
+        scheduler_address = "tcp://127.0.0.1:1"
+
+    named = Cluster()
+    assert cluster.resolve(named) is named and cluster.is_cluster_object(named) and not cluster.is_serial(named)
+    cluster.check_spec(named)
+    monkeypatch.setattr(cluster, "default_client", lambda: "the default client")
+    monkeypatch.setenv(cluster.ENV, "local:3")
+    assert cluster.resolve(None) == "the default client"  # before $COOPLIB_CLUSTER and the profile's
+    assert cluster.resolve("local:2") == "local:2" and cluster.resolve(named) is named
+    assert cluster.is_serial("serial")  # the opt-out, even with a default client
+    for bad in ("lokal:2", "local:0", {"slurm": 4}, {"sge": {}}, 3):
+        with pytest.raises(ConfigError, match="cluster"):
+            cluster.check_spec(bad)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("named", ["client", "cluster object", "nothing (the default client)", "serial"])
+def test_run_all_on_the_researchers_own_dask_client(local_cluster, client, tmp_path, named):
+    """run_all(cluster=Client(LocalCluster(...))), cluster=the LocalCluster, or nothing named
+    while that Client is the default: the runs are tasks on its workers, and the client and
+    cluster are still open afterwards. "serial" still means this process."""
+    from distributed import get_task_stream
+    from distributed.core import Status
+
+    assert cluster.default_client() is client
+    given = {"client": client, "cluster object": local_cluster, "serial": "serial"}.get(named)
+    cfgs = tiny_digits()
+    with get_task_stream(client) as stream:
+        dirs = experiment.run_all(cfgs, tmp_path / "runs", cluster=given)
+    assert [runs.status(d) for d in dirs] == ["complete"] * len(cfgs)
+    tasks = {t["key"]: t["worker"] for t in stream.data if str(t["key"]).startswith("run-")}
+    if named == "serial":
+        assert tasks == {}
+    else:  # one task per run, on the workers of this cluster (processes other than this one)
+        assert sorted(tasks) == sorted(experiment._task_key(d) for d in dirs)
+        pids = client.run(os.getpid)
+        assert set(tasks.values()) <= set(pids) and os.getpid() not in pids.values()
+    assert client.status == "running" and local_cluster.status == Status.running
+    assert len(client.scheduler_info()["workers"]) == 2 and client.submit(sum, [1, 2]).result() == 3
+    assert cluster.default_client() is client  # a client cooplib connected to the cluster is closed, not left as default
+
+
 @pytest.mark.slow
 def test_local_cluster_sweep_equals_serial_and_survives_a_killed_worker(quadrants_npz, tmp_path):
     cfgs = configs(quadrants_npz, epochs=6)
@@ -89,9 +185,14 @@ def test_local_cluster_sweep_equals_serial_and_survives_a_killed_worker(quadrant
 def test_a_failing_run_is_reported_and_does_not_stop_the_others(quadrants_npz, tmp_path, where):
     good = configs(quadrants_npz, epochs=1, schedule="constant")[:2]
     bad = good[0].replace(dataset_args={"path": str(tmp_path / "missing.npz")})
+    import dask
+
+    nanny_keys = list(dask.config.get("distributed.nanny.pre-spawn-environ"))  # OMP_NUM_THREADS, MKL_..., ...
+    before = {k: os.environ.get(k) for k in nanny_keys}
     with pytest.raises(SweepError, match=r"1 of 3 run\(s\) failed.*\n.*" + bad.run_name() + r": DatasetNotFoundError"):
         experiment.run_all([good[0], bad, good[1]], tmp_path / "runs", cluster=where)
     assert all(runs.status(tmp_path / "runs" / c.run_name()) == "complete" for c in good)
+    assert {k: os.environ.get(k) for k in nanny_keys} == before  # a LocalCluster's nannies set them here; put back
 
 
 SLURM_CONF = """ClusterName=cooplibtest

@@ -393,12 +393,14 @@ def assign_teachers(student_seeds, teacher_seeds, mode: str = "same") -> list[tu
 
 def run_zoo(base, *, teacher_model: str, student_model: str, methods, seeds, teacher_seeds, assignment: str = "same",
             options: dict | None = None, teacher_options: dict | None = None, teacher_epochs: int | None = None,
-            out_dir=None):
+            out_dir=None, cluster=None):
     """Train (or reuse: complete runs with the same config are not retrained) the teachers
     (``baseline`` runs of `teacher_model`, one per teacher seed) and the students of every
     method (`student_model`, seeds paired with teachers by `assign_teachers`), all from the
     RunConfig `base` (teachers with `teacher_epochs` when given). Returns (finals, teacher_finals): `runs.load_runs` frames; finals has
     ``teacher_seed`` (NaN for the pure student, which has no teacher) and ``teacher_run``.
+    `cluster` is where the runs execute (`experiment.run_all`'s: a Dask Client, cluster
+    object or spec; None: the running default client, else $COOPLIB_CLUSTER).
     Every notebook that needs these runs calls this with the same arguments, so each one
     runs alone and all of them share the run directories."""
     from .. import experiment, runs  # lazily: experiment imports methods
@@ -407,7 +409,7 @@ def run_zoo(base, *, teacher_model: str, student_model: str, methods, seeds, tea
     teacher_base = base if teacher_epochs is None else base.replace(epochs=int(teacher_epochs))
     teacher_cfgs = {t: teacher_base.replace(method="baseline", model=teacher_model, seed=t, method_args=teacher_options)
                     for t in teacher_seeds}
-    teacher_dirs = dict(zip(teacher_cfgs, experiment.run_all(teacher_cfgs.values(), out_dir)))
+    teacher_dirs = dict(zip(teacher_cfgs, experiment.run_all(teacher_cfgs.values(), out_dir, cluster=cluster)))
     pairs = assign_teachers(seeds, teacher_seeds, assignment)
     configs, teacher_of = [], {}
     for kind in methods:
@@ -422,7 +424,7 @@ def run_zoo(base, *, teacher_model: str, student_model: str, methods, seeds, tea
             config = base.replace(method=kind, model=student_model, seed=s, method_args=args)
             configs.append(config)
             teacher_of[config.run_name()] = t
-    dirs = experiment.run_all(configs, out_dir)
+    dirs = experiment.run_all(configs, out_dir, cluster=cluster)
     finals = runs.load_runs(dirs)
     teachers = [teacher_of[name] for name in finals["run"]]
     finals["teacher_seed"] = pd.array(teachers, dtype="Int64")
