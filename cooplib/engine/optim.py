@@ -11,8 +11,8 @@ import math
 import torch
 
 from .config import RunConfig
-from .errors import RunDirError
-from .methods.base import Learner
+from ..base.errors import RunDirError
+from ..methods.base import Learner
 
 
 def lr_factor(config: RunConfig, epoch: int) -> float:

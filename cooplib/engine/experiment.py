@@ -18,17 +18,20 @@ from typing import Any, Iterable
 
 import torch
 
+from .. import data as datasets
+from .. import methods
+from ..methods import kd
+from ..base import profiles
+from ..base.errors import ConfigError, RunDirError, SweepError
 from . import cluster as cluster_mod
-from . import data as datasets
-from . import methods, runs
+from . import runs
 from .config import RunConfig
-from .errors import ConfigError, RunDirError, SweepError
 from .train import RunInterrupted, RunResult, check_data, check_provenance, fit
 
 
 def runs_root(out_dir: str | Path | None = None, profile: str | None = None) -> Path:
     """Where run directories go: `out_dir`, else $COOPLIB_RUNS_DIR, else the profile's
-    run root (``runs/<profile>`` of the project, see `cooplib.book.runs_dir_for`), else ./runs.
+    run root (``runs/<profile>`` of the project, see `cooplib.base.profiles.runs_dir_for`), else ./runs.
 
     A notebook passes its `profile`, so JupyterLab, papermill and `cooplib.book` all find
     the same runs whatever folder they start in, and complete runs are reused."""
@@ -38,10 +41,8 @@ def runs_root(out_dir: str | Path | None = None, profile: str | None = None) -> 
     if env:
         return Path(env).expanduser().resolve()
     if profile is not None:
-        from . import book
-
         try:
-            return book.runs_dir_for(book.load_profile(profile))
+            return profiles.runs_dir_for(profiles.load_profile(profile))
         except ConfigError:  # cooplib installed without its notebooks/profiles
             return Path.cwd().resolve() / "runs" / profile
     return Path.cwd().resolve() / "runs"
@@ -69,8 +70,6 @@ def _build_learner(config: RunConfig, data: datasets.ImageData) -> tuple[methods
     """`build_learner`, and the identities of the runs it was built from (`run_identity`
     by role: ``teacher``, ``init_from``) that `fit` records and checks on resume. A
     teacher or parent that does not fit `data` is a `ConfigError` before anything is built."""
-    from .methods import kd
-
     provenance: dict[str, dict] = {}
     teacher = config.method_args.get("teacher")
     if config.method in kd.KINDS and isinstance(teacher, (str, os.PathLike)) and str(teacher):
@@ -126,8 +125,6 @@ def load_learner(run_dir: str | Path, weights: str = "last") -> methods.Learner:
     (`kd.recorded_teacher`): its weights hold the teacher's, so its teacher run is not
     read and may be moved or gone (a record from before teacher identities were kept
     still needs it)."""
-    from .methods import kd
-
     run = runs.RunDir(run_dir)
     meta = run.meta()
     config = run.config()
@@ -145,6 +142,26 @@ def load_learner(run_dir: str | Path, weights: str = "last") -> methods.Learner:
         raise
     learner.load_state_dict(state, strict=True)
     return learner
+
+
+def load_teacher(run_dir: str | Path, num_classes: int | None = None, in_channels: int | None = None,
+                 ) -> tuple[torch.nn.Module, float]:
+    """The deployed network of a complete run and its last-epoch test top-1 (primary head):
+    what a KD student's ``teacher=<run dir>`` resolves to (`kd.use_teacher_loader`). With
+    `num_classes`/`in_channels` (the student's), a teacher of other ones is refused."""
+    run = runs.RunDir(run_dir)
+    if run.state != "complete":
+        raise ConfigError(f"teacher={str(run_dir)!r} is not a complete run (status {run.state!r}); train it first")
+    if num_classes is not None and in_channels is not None:
+        why = kd.teacher_mismatch(run_identity(run.path), num_classes, in_channels)
+        if why:
+            raise ConfigError(why)
+    final = run.final()
+    top1 = final["last"][f"test/{final['primary_head']}/top1"]
+    return load_learner(run.path, "last").deployable(), float(top1)
+
+
+kd.use_teacher_loader(load_teacher)
 
 
 def run(config: RunConfig, out_dir: str | Path | None = None, *, run_dir: str | Path | None = None, resume: bool = True,
@@ -194,7 +211,7 @@ def run_all(configs: Iterable[RunConfig], out_dir: str | Path | None = None, *, 
 
     In this process, one run after another (each dataset loaded once), unless a Dask
     cluster is named (`cluster`, a profile's `cluster:` or $COOPLIB_CLUSTER; with two or
-    more GPUs, one worker per GPU by default): then one task per run (`cooplib.cluster`).
+    more GPUs, one worker per GPU by default): then one task per run (`cooplib.engine.cluster`).
     A run that fails does not stop the others; once all are done, `SweepError` lists the
     failed run directories. Configs that name the same run train once.
     """
@@ -265,7 +282,7 @@ def evaluate_initial(config: RunConfig) -> dict[str, float]:
     With `init_from`, this is what the inherited (e.g. expanded) weights compute:
     the check that an expansion preserved the function.
     """
-    from .data import DeviceLoader
+    from ..data import DeviceLoader
     from .runtime import autocast_dtype, resolve_device
     from .metrics import evaluate
 

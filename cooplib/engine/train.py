@@ -15,7 +15,7 @@ device tensors that are read once per epoch.
 What a run was trained from is recorded when it starts and checked when it is resumed or
 reused: the data (`cooplib.data.fingerprint`, in config.json's ``data.fingerprint``) and
 the runs it depends on (``provenance``: a KD teacher, an ``init_from`` parent; see
-`cooplib.experiment.run_identity`). A run that stops early says so in one line naming its
+`cooplib.engine.experiment.run_identity`). A run that stops early says so in one line naming its
 run directory and how to resume it: Ctrl-C (the KeyboardInterrupt is re-raised), SIGTERM
 (`RunInterrupted`) and a failed write such as a full disk (`StorageError`).
 """
@@ -34,11 +34,11 @@ from pathlib import Path
 
 import torch
 
-from . import ddp, metrics, runs, runtime
+from . import distributed, metrics, runs, runtime
 from .config import RunConfig
-from .data import DeviceLoader, ImageData, fingerprint
-from .errors import CooplibError, DivergedError, RunDirError
-from .methods.base import Learner, TrainState
+from ..data import DeviceLoader, ImageData, fingerprint
+from ..base.errors import CooplibError, DivergedError, RunDirError
+from ..methods.base import Learner, TrainState
 from .optim import carry_optimizer_state, gradient_ratio, lr_factor, make_optimizer, set_lr
 
 
@@ -104,7 +104,7 @@ def fit(
     """
     run = runs.RunDir(run_dir)
     device = runtime.resolve_device(config.device)
-    main = ddp.is_main()  # under torchrun, rank 0 alone locks and writes the run directory
+    main = distributed.is_main()  # under torchrun, rank 0 alone locks and writes the run directory
     wait = resume if wait is None else wait
     try:
         with _sigterm_raises(), run.lock(wait=wait, timeout=wait_timeout) if main else nullcontext():
@@ -117,7 +117,7 @@ def fit(
                     check_data(run, data, meta)
                     check_provenance(run, provenance, meta)
             ckpt = run.recover() if main else None  # verified once; other ranks read it after the barrier
-            ddp.barrier()
+            distributed.barrier()
             if run.state == "complete":  # nothing is trained
                 return RunResult(run.path, run.final(), run.records())
             if not main:
@@ -204,7 +204,7 @@ def check_data(run: runs.RunDir, data: ImageData, meta: dict | None = None) -> N
             f"dataset {data.name!r} is not the data {run.path} was trained on (fingerprint {was[:16]} recorded, "
             f"{now[:16]} now{sizes}): it was replaced or changed under the same name. Restore the original data, "
             f"give the new data its own name (another file name), or move the run aside with "
-            f"`python -m cooplib.runs reset {run.path}` to retrain it on this data")
+            f"`python -m cooplib.engine.runs reset {run.path}` to retrain it on this data")
 
 
 #: how a role of `provenance` is named in messages: (what it is, what depends on it)
@@ -225,7 +225,7 @@ def check_provenance(run: runs.RunDir, provenance: dict | None, meta: dict | Non
             raise RunDirError(
                 f"{what} {ident['run']} changed since this {dependent} started (weights sha256 "
                 f"{old['weights_sha256'][:16]} -> {ident['weights_sha256'][:16]}): retrain the {dependent} (move it aside "
-                f"with `python -m cooplib.runs reset {run.path}`) or restore the {what.split()[0]} "
+                f"with `python -m cooplib.engine.runs reset {run.path}`) or restore the {what.split()[0]} "
                 f"({old.get('path', ident.get('path'))})")
 
 
@@ -238,7 +238,7 @@ def run_resolved(run: runs.RunDir, config: RunConfig, device: torch.device) -> d
 
 
 def _fit(learner, data, config, run: runs.RunDir, device, ckpt, initial_optimizer_state, resolved: dict) -> RunResult:
-    from . import flops
+    from ..models import flops
 
     torch.manual_seed(config.seed)
     amp_dtype = runtime.resolved_dtype(resolved)
@@ -253,14 +253,14 @@ def _fit(learner, data, config, run: runs.RunDir, device, ckpt, initial_optimize
         shuffle=True, seed=config.seed, **common,
     )
     # with several ranks each evaluates its slice of the test set; the sums are reduced
-    test_loader = DeviceLoader(ddp.shard(data.x_test), ddp.shard(data.y_test), max(config.batch_size, 256), **common)
-    model = ddp.wrap(learner, device, config.sync_bn)
+    test_loader = DeviceLoader(distributed.shard(data.x_test), distributed.shard(data.y_test), max(config.batch_size, 256), **common)
+    model = distributed.wrap(learner, device, config.sync_bn)
     opt = make_optimizer(learner, config, device)
     ratio = gradient_ratio(learner, opt, config)
     # static shapes: the last partial batch (and evaluation) compile once each, then hit
     # the cache every epoch instead of recompiling
     model = torch.compile(model, dynamic=False) if config.compile else model
-    main = ddp.is_main()
+    main = distributed.is_main()
 
     records: list[dict] = []
     best_epoch = 0
@@ -288,7 +288,7 @@ def _fit(learner, data, config, run: runs.RunDir, device, ckpt, initial_optimize
             sums: dict[tuple[str, ...], torch.Tensor] = {}
             n = 0
             for step, (x, y) in enumerate(train_loader):
-                x, y = ddp.shard(x), ddp.shard(y)  # every rank draws the global batch, trains on its slice
+                x, y = distributed.shard(x), distributed.shard(y)  # every rank draws the global batch, trains on its slice
                 bs = y.shape[0]
                 for sub in range(learner.substeps):
                     state = TrainState(epoch, config.epochs, step, steps, sub)
@@ -381,7 +381,7 @@ def _stop_if_diverged(run: runs.RunDir, learner: Learner, epoch: int, train_metr
     kept = (f"epoch {done} is kept as the last committed epoch ({run.file_path('checkpoint').name}, "
             f"{run.file_path('last').name})" if done else "no epoch had been committed, so no weights are kept")
     msg = f"{what}. {kept} in {run.path}; lower lr, check the loss terms, or use precision='fp32'."
-    if ddp.is_main():
+    if distributed.is_main():
         run.mark_diverged(msg)
     raise DivergedError(msg)
 

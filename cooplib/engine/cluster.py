@@ -26,7 +26,7 @@ from typing import Any, Iterator
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from .errors import ConfigError
+from ..base.errors import ConfigError
 
 ENV = "COOPLIB_CLUSTER"
 JOBQUEUE = {"slurm": "SLURMCluster", "pbs": "PBSCluster"}

@@ -10,7 +10,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
-from .runs import long_metrics
+from ..analysis import diversity
+from ..engine.runs import long_metrics
 
 PAGE_WIDTH = 7.4  # inches: at 100 dpi the figure fits the book's ~760 px text column
 DPI = 100
@@ -163,3 +164,74 @@ def spectra(frame: pd.DataFrame, title: str | None = None, k: int = 20):
     if title:
         g.figure.suptitle(title, y=1.04)
     return g.figure
+
+
+# ---------------------------------------------------------------- branch expansion (cooplib.analysis.diversity)
+
+def _expansion_line(frame: pd.DataFrame, ax) -> None:
+    start = frame.loc[frame["phase"] == "start", "epoch"]
+    if len(start):
+        ax.axvline(float(start.iloc[0]), color="grey", lw=0.8)
+
+
+def branch_diversity(frame: pd.DataFrame, labels: list[str] | None = None, title: str = ""):
+    """Every arm, mean over seeds: summed gate weight of the new branches, pairwise
+    disagreement (solid: pairs with a new branch, dashed: pairs of old branches) and the
+    ensemble gain; an arm that started from the parent is drawn from the parent's first
+    epoch, the vertical line marks the expansion. ``frame`` is `diversity.per_epoch`'s output."""
+    labels = labels or [x for x in dict.fromkeys(frame["label"])]
+    _style()
+    fig, grid = plt.subplots(2, 2, figsize=(PAGE_WIDTH, 6.6))
+    axes, legend_ax = [grid[0, 0], grid[0, 1], grid[1, 0]], grid[1, 1]
+    cmap = plt.get_cmap("tab20")
+    for k, label in enumerate(labels):
+        g, c = diversity.arm_curve(frame, label), cmap(k % 20)
+        if "gate new" in g and g["gate new"].notna().any():
+            axes[0].plot(g.index, g["gate new"], color=c, marker=".", label=label)
+        if "disagree new-any" in g and g["disagree new-any"].notna().any():
+            axes[1].plot(g.index, g["disagree new-any"], color=c, marker=".")
+        if "disagree old-old" in g:
+            axes[1].plot(g.index, g["disagree old-old"], color=c, ls="--", alpha=0.7)
+        if "ensemble gain" in g:
+            axes[2].plot(g.index, g["ensemble gain"], color=c, marker=".", label=label)
+    names = ("summed gate weight\nof the new branches", "top-1 disagreement (%), solid: pairs\nwith a new branch, "
+             "dashed: old pairs", "ensemble top-1 minus\nthe best branch (points)")
+    for ax, name in zip(axes, names):
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("epoch (from the parent's start)")
+        _expansion_line(frame, ax)
+    axes[2].axhline(0, color="black", lw=0.5)
+    legend_ax.axis("off")
+    legend_ax.legend(*axes[2].get_legend_handles_labels(), fontsize=7, loc="center", title="arm (grey line: expansion)",
+                     title_fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def gate_weights(frame: pd.DataFrame, labels: list[str] | None = None, old: int = 3, cols: int = 3, title: str = ""):
+    """One panel per arm: the mean gate weight of every branch per epoch (old branches
+    solid, new ones dashed), mean over seeds; the vertical line marks the expansion."""
+    labels = labels or list(dict.fromkeys(frame["label"]))
+    rows = -(-len(labels) // cols)
+    _style()
+    fig, axes = plt.subplots(rows, cols, figsize=(PAGE_WIDTH, 2.3 * rows), sharey=True, squeeze=False)
+    cmap = plt.get_cmap("tab10")
+    for ax, label in zip(axes.flat, labels):
+        g = diversity.arm_curve(frame, label)
+        for c in [c for c in g.columns if c.startswith("gate branch")]:
+            i = int(c[len("gate branch"):])
+            ax.plot(g.index, g[c], color=cmap(i % 10), ls="-" if i < old else "--", marker=".", label=f"branch {i}")
+        _expansion_line(frame, ax)
+        ax.set_title(label, fontsize=8)
+        ax.set_ylim(0, 1)
+    for ax in axes.flat[len(labels):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("mean gate weight")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

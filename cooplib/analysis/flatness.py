@@ -67,7 +67,7 @@ __all__ = ["COLUMNS", "DEFAULT_D_MAX", "DEFAULT_D_START", "crossing_widths", "cu
 
 
 def _train_ce(model: nn.Module, loader: Iterable, device: torch.device, amp_dtype) -> float:
-    from .metrics import evaluate
+    from ..engine.metrics import evaluate
 
     return float(evaluate(model, loader, amp_dtype, device)["out/loss"])
 
@@ -239,9 +239,9 @@ def widths_for_runs(
     Returns one row per (solution, seed, direction): ``solution``, ``seed``, ``weights``
     and the `COLUMNS`.
     """
-    from . import experiment, runs
-    from .config import RunConfig
-    from .runtime import resolve_device
+    from ..engine import experiment, runs
+    from ..engine.config import RunConfig
+    from ..engine.runtime import resolve_device
 
     if weights not in ("last", "best"):
         raise ValueError(f"weights must be 'last' or 'best', got {weights!r}")
@@ -278,7 +278,7 @@ def widths_for_runs(
 
 def width_text(widths: Sequence[float], d_max: float) -> str:
     """'mean [95% CI] (min-max)' over the finite widths, and how many lie beyond d_max."""
-    from .report import t_interval
+    from ..base.stats import t_interval
 
     finite = [float(w) for w in widths if math.isfinite(w)]
     if not finite:
@@ -293,7 +293,7 @@ def width_summary(widths: pd.DataFrame, by: str = "solution") -> pd.DataFrame:
     """Per solution: runs, directions, the unperturbed train CE / train error / test CE /
     test error (mean over its runs, range over runs), and the width over every (seed,
     direction): mean, 95 % t-interval, range and the count beyond d_max."""
-    from .report import t_interval
+    from ..base.stats import t_interval
 
     def spread(values: pd.Series, fmt: str) -> str:
         lo, hi = values.min(), values.max()
@@ -326,7 +326,7 @@ def ordering_verdicts(widths: pd.DataFrame, order: Sequence[str], by: str = "sol
     mean over directions per seed is (n = seeds: the conservative reading, since the
     directions of one seed share that seed's trained solution).
     """
-    from .report import decide
+    from ..base.stats import decide
 
     w = widths.assign(capped=np.where(widths["beyond"], widths["d_max"], widths["width"]))
     index = ["seed", "direction"] if "seed" in w else ["direction"]

@@ -1,6 +1,6 @@
 """Open every page of a built book in headless Chromium and list what a reader would trip on.
 
-    python -m cooplib.bookcheck _build/html [--screenshots DIR] [--width 1400]
+    python -m cooplib.book.check _build/html [--screenshots DIR] [--width 1400]
 
 Each page is loaded from file:// (no server, no network) through Chromium's DevTools
 protocol, after its scripts (MathJax) ran. A page fails on: a Python traceback or a
@@ -222,7 +222,7 @@ def check(html_root: str | Path, screenshots: str | Path | None = None, width: i
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m cooplib.bookcheck", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m cooplib.book.check", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("html", nargs="?", default="_build/html")
     ap.add_argument("--screenshots", help="write a full-page PNG of every page here")

@@ -1,7 +1,7 @@
 """Are the branches of a multi-branch network real members? Diagnostics and their tables.
 
 Measured every epoch on the test split (``metrics.evaluate`` calls the Learner's
-``diagnostics(heads)``; ONE's uses ``branch_sums`` below) and stored in the run record
+``diagnostics(heads)``; ONE's uses `cooplib.methods.one.branch_sums`) and stored in the run record
 as ``test/<term>/<head>``:
 
 - ``test/gate/branch{i}``: the mean gate weight of branch i (weights sum to 1);
@@ -14,50 +14,18 @@ as ``test/<term>/<head>``:
 A duplicated branch that stays a clone of its source shows a disagreement and a KL near
 0 with it; a branch the gate never lets in shows a gate weight near 0. The ensemble gain
 (teacher top-1 minus the best single branch's) is read from the heads' top-1 columns.
-``summary`` / ``per_epoch`` turn run records into tables, ``plot`` draws them per arm.
+``summary`` / ``per_epoch`` turn run records into tables (`cooplib.report.plots` draws them per arm).
 """
 from __future__ import annotations
 
-import itertools
 import re
 
 import numpy as np
 import pandas as pd
-import torch
 
 _PAIR = re.compile(r"^test/(disagree|kl)/branch(\d+)-branch(\d+)$")
 _GATE = re.compile(r"^test/gate/branch(\d+)$")
 _TOP1 = re.compile(r"^test/branch(\d+)/top1$")
-
-
-# ---------------------------------------------------------------- on the device
-
-
-def branch_sums(branch_logits: torch.Tensor, gate: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """Per-batch *sums* over images of the diagnostics above (``metrics.evaluate``
-    divides by the image count): ``branch_logits`` (m, B, C), ``gate`` (B, m) or None.
-    A handful of batched kernels, no host synchronisation."""
-    z = branch_logits.float()
-    m = z.shape[0]
-    out: dict[str, torch.Tensor] = {}
-    if gate is not None:
-        g = gate.float().sum(0)
-        out.update({f"gate/branch{i}": g[i] for i in range(m)})
-    if m < 2:
-        return out
-    top = z.argmax(-1)  # (m, B)
-    logp = torch.log_softmax(z, -1)
-    p = logp.exp()
-    # cross[i, j] = sum_b sum_c p_i log p_j ; kl(i || j) = cross[i, i] - cross[i, j]
-    cross = torch.einsum("ibc,jbc->ij", p, logp)
-    ent = cross.diagonal()
-    kl = ent[:, None] - cross  # (m, m): sum over the batch of KL(p_i || p_j)
-    sym = 0.5 * (kl + kl.T)
-    differ = (top[:, None, :] != top[None, :, :]).float().sum(-1) * 100.0  # (m, m)
-    for i, j in itertools.combinations(range(m), 2):
-        out[f"disagree/branch{i}-branch{j}"] = differ[i, j]
-        out[f"kl/branch{i}-branch{j}"] = sym[i, j]
-    return out
 
 
 # ---------------------------------------------------------------- from run records
@@ -170,90 +138,13 @@ def summary(metrics: pd.DataFrame, old: int, starts: dict[str, dict] | None = No
     return out
 
 
-def _curve(frame: pd.DataFrame, label: str) -> pd.DataFrame:
-    """The label's rows, preceded by the parent's ("before") rows when it continued from
-    it, averaged over seeds per epoch."""
+def arm_curve(frame: pd.DataFrame, label: str) -> pd.DataFrame:
+    """The label's rows of ``per_epoch``'s output, preceded by the parent's ("before") rows
+    when it continued from it, averaged over seeds per epoch."""
     g = frame[frame["label"] == label]
     if (g["phase"] == "after").any():
         g = pd.concat([frame[frame["phase"] == "before"], g])
     return g.groupby("epoch").mean(numeric_only=True).sort_index()
 
 
-def _expansion_line(frame: pd.DataFrame, ax) -> None:
-    start = frame.loc[frame["phase"] == "start", "epoch"]
-    if len(start):
-        ax.axvline(float(start.iloc[0]), color="grey", lw=0.8)
-
-
-def plot(frame: pd.DataFrame, labels: list[str] | None = None, title: str = ""):
-    """Every arm, mean over seeds: summed gate weight of the new branches, pairwise
-    disagreement (solid: pairs with a new branch, dashed: pairs of old branches) and the
-    ensemble gain; an arm that started from the parent is drawn from the parent's first
-    epoch, the vertical line marks the expansion. ``frame`` is ``per_epoch``'s output."""
-    import matplotlib.pyplot as plt
-
-    from .plots import PAGE_WIDTH, _style
-
-    labels = labels or [x for x in dict.fromkeys(frame["label"])]
-    _style()
-    fig, grid = plt.subplots(2, 2, figsize=(PAGE_WIDTH, 6.6))
-    axes, legend_ax = [grid[0, 0], grid[0, 1], grid[1, 0]], grid[1, 1]
-    cmap = plt.get_cmap("tab20")
-    for k, label in enumerate(labels):
-        g, c = _curve(frame, label), cmap(k % 20)
-        if "gate new" in g and g["gate new"].notna().any():
-            axes[0].plot(g.index, g["gate new"], color=c, marker=".", label=label)
-        if "disagree new-any" in g and g["disagree new-any"].notna().any():
-            axes[1].plot(g.index, g["disagree new-any"], color=c, marker=".")
-        if "disagree old-old" in g:
-            axes[1].plot(g.index, g["disagree old-old"], color=c, ls="--", alpha=0.7)
-        if "ensemble gain" in g:
-            axes[2].plot(g.index, g["ensemble gain"], color=c, marker=".", label=label)
-    names = ("summed gate weight\nof the new branches", "top-1 disagreement (%), solid: pairs\nwith a new branch, "
-             "dashed: old pairs", "ensemble top-1 minus\nthe best branch (points)")
-    for ax, name in zip(axes, names):
-        ax.set_title(name, fontsize=9)
-        ax.set_xlabel("epoch (from the parent's start)")
-        _expansion_line(frame, ax)
-    axes[2].axhline(0, color="black", lw=0.5)
-    legend_ax.axis("off")
-    legend_ax.legend(*axes[2].get_legend_handles_labels(), fontsize=7, loc="center", title="arm (grey line: expansion)",
-                     title_fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return fig
-
-
-def plot_gates(frame: pd.DataFrame, labels: list[str] | None = None, old: int = 3, cols: int = 3, title: str = ""):
-    """One panel per arm: the mean gate weight of every branch per epoch (old branches
-    solid, new ones dashed), mean over seeds; the vertical line marks the expansion."""
-    import matplotlib.pyplot as plt
-
-    from .plots import PAGE_WIDTH, _style
-
-    labels = labels or list(dict.fromkeys(frame["label"]))
-    rows = -(-len(labels) // cols)
-    _style()
-    fig, axes = plt.subplots(rows, cols, figsize=(PAGE_WIDTH, 2.3 * rows), sharey=True, squeeze=False)
-    cmap = plt.get_cmap("tab10")
-    for ax, label in zip(axes.flat, labels):
-        g = _curve(frame, label)
-        for c in [c for c in g.columns if c.startswith("gate branch")]:
-            i = int(c[len("gate branch"):])
-            ax.plot(g.index, g[c], color=cmap(i % 10), ls="-" if i < old else "--", marker=".", label=f"branch {i}")
-        _expansion_line(frame, ax)
-        ax.set_title(label, fontsize=8)
-        ax.set_ylim(0, 1)
-    for ax in axes.flat[len(labels):]:
-        ax.axis("off")
-    axes.flat[0].legend(fontsize=7)
-    for ax in axes[:, 0]:
-        ax.set_ylabel("mean gate weight")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return fig
-
-
-__all__ = ["branch_sums", "describe", "per_epoch", "summary", "last_epoch", "plot", "plot_gates", "COLUMNS"]
+__all__ = ["describe", "per_epoch", "summary", "last_epoch", "arm_curve", "COLUMNS"]

@@ -1,4 +1,4 @@
-"""Representation analysis of features (N samples x D features) read by `cooplib.taps`.
+"""Representation analysis of features (N samples x D features) read by `cooplib.models.taps`.
 
 Used to ask whether distillation moves a student's representations toward its teacher's:
 every function takes plain feature matrices of a fixed evaluation set, so teacher, each
@@ -171,8 +171,8 @@ def stage_summary(features: dict, y) -> pd.DataFrame:
 def evaluation_set(config, limit: int | None = None):
     """The fixed evaluation set of a run's config: its test images, normalised as the
     training loop does (``(x/255 - mean)/std``), and labels; the first `limit` if given."""
-    from .data import DeviceLoader
-    from .experiment import load_data
+    from ..data import DeviceLoader
+    from ..engine.experiment import load_data
 
     data = load_data(config)
     x, y = data.x_test[:limit], data.y_test[:limit]
@@ -182,9 +182,9 @@ def evaluation_set(config, limit: int | None = None):
 
 def run_features(run_dir, x: torch.Tensor, stages=("layer1", "layer2", "layer3", "pool")) -> dict:
     """Features of a run's deployed network (last-epoch weights) at the named stages,
-    read by forward hooks (`cooplib.taps.collect`), as (N, features) numpy arrays."""
-    from .experiment import load_learner
-    from .taps import collect
+    read by forward hooks (`cooplib.models.taps.collect`), as (N, features) numpy arrays."""
+    from ..engine.experiment import load_learner
+    from ..models.taps import collect
 
     net = load_learner(run_dir, "last").deployable()
     return {k: v.numpy() for k, v in collect(net, x, stages).items()}

@@ -25,7 +25,7 @@ from typing import Iterator
 import torch
 
 from .config import DEVICE_PATTERN
-from .errors import ConfigError
+from ..base.errors import ConfigError
 
 
 def resolve_device(name: str) -> torch.device:
@@ -174,7 +174,7 @@ def set_rng_state(state: dict, device: torch.device) -> None:
 def versions() -> dict:
     import torchvision
 
-    from . import __version__
+    from .. import __version__
 
     return {
         "cooplib": __version__,

@@ -15,7 +15,7 @@ import pandas as pd
 import seaborn as sns
 
 from . import plots, present
-from .runs import long_metrics
+from ..engine.runs import long_metrics
 
 STATS = {"test top-1 %": ("test", "top1"), "test loss": ("test", "loss"), "train top-1 %": ("train", "top1")}
 
@@ -48,7 +48,7 @@ def curves(metrics: pd.DataFrame, by: str = "label", variants=None, heads=None, 
 def last_epoch_table(metrics: pd.DataFrame, by: str = "label", variants=None, heads=None, seeds=None,
                      stat: str = "test top-1 %") -> pd.DataFrame:
     """The chosen statistic at each run's last epoch: mean ± sd over the chosen seeds."""
-    from .report import mean_std
+    from .tables import mean_std
 
     split, key = STATS[stat]
     df = _long(metrics, by, split, key)

@@ -110,11 +110,11 @@ def head_costs(learner: nn.Module, input_shape: tuple[int, int, int]) -> dict[st
     """Per head of a depth Learner: the FLOPs of the network that produces it alone (a
     sub-network exported at its factor, an exit with its head, a plain network) and the
     FLOPs a dynamic early exit pays there (every earlier head too)."""
-    from .flops import count_flops
-    from .methods.coop_depth import CoopDepth, DepthSingle, head_name
-    from .methods.multi_exit import _Exits
-    from .methods.sandwich import Sandwich
-    from .models import depth
+    from ..models.flops import count_flops
+    from ..methods.coop_depth import CoopDepth, DepthSingle, head_name
+    from ..methods.multi_exit import _Exits
+    from ..methods.sandwich import Sandwich
+    from ..models import depth
 
     out = {}
     if isinstance(learner, (CoopDepth, Sandwich)):
@@ -140,7 +140,7 @@ def head_costs(learner: nn.Module, input_shape: tuple[int, int, int]) -> dict[st
 @torch.no_grad()
 def test_logits(learner: nn.Module, data, batch_size: int = 256) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Every head's logits on the whole test split (eval mode, CPU), and the labels."""
-    from .data import DeviceLoader
+    from ..data import DeviceLoader
 
     learner.eval()
     loader = DeviceLoader(data.x_test, data.y_test, batch_size, device="cpu", mean=data.mean, std=data.std)
@@ -155,7 +155,7 @@ def test_logits(learner: nn.Module, data, batch_size: int = 256) -> tuple[dict[s
 
 def train_batches(data, n: int, batch_size: int, seed: int = 0) -> list[torch.Tensor]:
     """``n`` normalised, un-augmented training batches (for BN recalibration)."""
-    from .data import DeviceLoader
+    from ..data import DeviceLoader
 
     loader = DeviceLoader(data.x_train, data.y_train, batch_size, device="cpu", mean=data.mean, std=data.std,
                           shuffle=True, seed=seed, drop_last=True)
@@ -171,9 +171,9 @@ def run_points(run_dir, data, label: str, criterion: str = "max_softmax", sweep_
     """(static, dynamic) points of one run with its last weights: one row per head
     (FLOPs, test top-1), and for multi-exit runs the threshold sweep of early exiting.
     Heads starting with a prefix in ``skip`` are left out (e.g. T2 and the Leader, not deployed)."""
-    from .experiment import load_learner
-    from .methods.multi_exit import _Exits
-    from .runs import RunDir
+    from ..engine.experiment import load_learner
+    from ..methods.multi_exit import _Exits
+    from ..engine.runs import RunDir
 
     learner = load_learner(run_dir)
     seed = RunDir(run_dir).config().seed
@@ -208,10 +208,10 @@ def at_budgets(points: pd.DataFrame, budgets: Sequence[float], by: Sequence[str]
 def bn_recalibration(run_dir, data, batches: int = 10, batch_size: int = 64) -> pd.DataFrame:
     """Test top-1 of each Teammate-1 sub-network with the shared BN statistics and after
     recalibrating them for that depth alone (``models.depth.recalibrate_bn``)."""
-    from .experiment import load_learner
-    from .methods.coop_depth import head_name
-    from .models import depth
-    from .runs import RunDir
+    from ..engine.experiment import load_learner
+    from ..methods.coop_depth import head_name
+    from ..models import depth
+    from ..engine.runs import RunDir
 
     learner = load_learner(run_dir)
     seed = RunDir(run_dir).config().seed

@@ -47,7 +47,7 @@ from typing import Iterable, Mapping
 import torch
 from torch import nn
 
-from .models.multibranch import MultiBranchResNet
+from .multibranch import MultiBranchResNet
 
 STRATEGIES = ("duplicate", "fresh", "new_head")
 _BRANCH = re.compile(r"(^|\.)branches\.(\d+)\.")

@@ -1,13 +1,13 @@
-"""Tables, intervals and verdicts computed from run frames (`runs.load_runs`), for the notebooks.
+"""Chapter tables and verdicts computed from run frames (`runs.load_runs`), for the notebooks.
 
 Nothing here is typed by hand: every number comes from a run directory. Every comparison
-goes through `stats.decide` (re-exported here with `t_interval`, `Verdict` and
+goes through `stats.decide` (`cooplib.base.stats`, with `t_interval`, `Verdict` and
 `CONFIDENCE`), which turns a set of paired differences into a `Verdict`: a t confidence
 interval and a wording chosen from it, so no chapter states a direction that its
 interval does not carry. `compare` also labels the verdict with the run-configuration
 fields in which the two arms differ beyond the treatment (`stats.confounds`), and
 `underfit_caveats` / `convergence_table` say when an arm had not fitted its training
-data. The rules (wording, zero spread, confounds, underfitting) are in `cooplib.stats`.
+data. The rules (wording, zero spread, confounds, underfitting) are in `cooplib.base.stats`.
 """
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from . import stats
-from .stats import CONFIDENCE, Verdict, decide, t_interval  # re-exported
+from ..base import stats
+from ..base.stats import CONFIDENCE, Verdict, decide, t_interval
 
 #: the `best/...` columns: the epoch with the highest test top-1 of the run's primary head,
 #: i.e. selected on the test set (as the ONE reference code does) — an optimistic number

@@ -11,8 +11,8 @@ from contextlib import nullcontext
 import torch
 import torch.nn.functional as F
 
-from . import ddp
-from .data import DeviceLoader
+from . import distributed
+from ..data import DeviceLoader
 
 
 def _topk_correct(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,7 +62,7 @@ def evaluate(model, loader: DeviceLoader, amp_dtype: torch.dtype | None, device:
     stacked = torch.stack([sums[h] for h in names]).flatten()
     if diag_sum is not None:
         stacked = torch.cat([stacked, diag_sum.to(stacked.device)])
-    summed = ddp.all_sum(torch.cat([stacked, stacked.new_tensor([n])])).tolist()  # the one sync
+    summed = distributed.all_sum(torch.cat([stacked, stacked.new_tensor([n])])).tolist()  # the one sync
     n, values = summed[-1], [summed[3 * i : 3 * i + 3] for i in range(len(names))]
     diag_values = summed[3 * len(names) : -1]
     out = {}
@@ -95,7 +95,7 @@ def epoch_means(sums: dict[tuple[str, ...], torch.Tensor], n: int) -> dict[str, 
     if not keys:
         return {}
     vec = torch.cat([sums[k] for k in keys])
-    values = ddp.all_sum(torch.cat([vec, vec.new_tensor([n])])).tolist()  # summed over ranks
+    values = distributed.all_sum(torch.cat([vec, vec.new_tensor([n])])).tolist()  # summed over ranks
     n, values = values[-1], values[:-1]
     out: dict[str, float] = {}
     flat = [name for k in keys for name in k]

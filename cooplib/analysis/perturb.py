@@ -26,7 +26,7 @@ no_grad, so they are used, not updated. The original weights are restored bit fo
 afterwards, also when an evaluation raises.
 
 These curves are for looking at; widths are not read off them, since a fixed grid may end
-before the loss rises: `cooplib.flatness` searches each direction's crossing instead, up
+before the loss rises: `cooplib.analysis.flatness` searches each direction's crossing instead, up
 to a stated d_max, over training seeds and directions, with the ordering verdicts.
 
 Which module to perturb matters: the direction lives in the parameters of the module
@@ -43,7 +43,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .data import DeviceLoader, ImageData
+from ..data import DeviceLoader, ImageData
 
 Normalize = Literal["unit", "filter"]
 #: default grids: the paper's d in [0, 5] for unit directions; [0, 1] for filter-normalised
@@ -166,12 +166,12 @@ class _Limited:
 def _check_loader(loader: Iterable, what: str) -> None:
     if isinstance(loader, DeviceLoader) and loader.augment.active:
         raise ValueError(f"{what} loader augments its batches, so the metrics would be random: "
-                         f"make it with augment=None (cooplib.perturb.eval_loaders does)")
+                         f"make it with augment=None (cooplib.analysis.perturb.eval_loaders does)")
 
 
 def _metrics(model: nn.Module, train: Iterable, test: Iterable, device: torch.device,
              amp_dtype: torch.dtype | None) -> dict[str, float]:
-    from .metrics import evaluate
+    from ..engine.metrics import evaluate
 
     tr = evaluate(model, train, amp_dtype, device)
     te = evaluate(model, test, amp_dtype, device)
@@ -282,9 +282,9 @@ def curves_for_runs(
     network (baseline net, DML peer 0, ONE branch 0 with the shared layers) perturbed
     on its own un-augmented data. Returns the curves with a `solution` column.
     """
-    from . import experiment, runs
-    from .config import RunConfig
-    from .runtime import resolve_device
+    from ..engine import experiment, runs
+    from ..engine.config import RunConfig
+    from ..engine.runtime import resolve_device
 
     dev = resolve_device(device)
     frames = []

@@ -19,7 +19,7 @@ from typing import Iterable
 
 import pandas as pd
 
-from . import stats
+from ..base import stats
 from .present import VERDICT_MIME
 
 #: a comparison in top-1 points is "precise" when its 95 % half-width is at most this

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .errors import ConfigError, suggest
+from ..base.errors import ConfigError, suggest
 
 SCHEDULES = ("step", "cosine", "constant")
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -78,7 +78,7 @@ class RunConfig:
     # "auto" itself is what names the run, so run names do not change.
     precision: str = "auto"
     channels_last: bool | None = None  # None = on for CUDA and CPU (faster there in fp32 and bf16), off on MPS
-    sync_bn: bool | None = None  # several processes (cooplib.ddp): BN over the global batch; None = on CUDA
+    sync_bn: bool | None = None  # several processes (cooplib.engine.distributed): BN over the global batch; None = on CUDA
     compile: bool = False
     deterministic: bool = False
     progress: bool = True
@@ -96,8 +96,8 @@ class RunConfig:
         "Digits" -> "digits"), so one run is never named (and trained) twice. A name no
         registry knows is kept as typed: building it is the error, with a did-you-mean
         (data passed to `train.fit` directly may carry any name)."""
-        from .data import DATASETS
-        from .models import MODELS
+        from ..data import DATASETS
+        from ..models import MODELS
 
         parts = [p.strip() for p in self.model.split("+")] if "+" in self.model else [self.model]
         canon = [MODELS.canonical(p) for p in parts]
@@ -188,8 +188,8 @@ class RunConfig:
     def _check_methods(self) -> None:
         """The method and its options (type, range, choices; `registry.Registry.check_options`),
         and the options of a registered dataset, before anything is built."""
-        from .data import DATASETS
-        from .methods import METHODS
+        from ..data import DATASETS
+        from ..methods import METHODS
 
         METHODS.check_options(self.method, self.method_args)
         if DATASETS.canonical(self.dataset):

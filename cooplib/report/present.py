@@ -19,7 +19,7 @@ from typing import Iterable
 
 import pandas as pd
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from ..base.profiles import REPO_ROOT
 
 
 class Prose:
@@ -71,7 +71,7 @@ def bullets(items: Iterable[str], lead: str | None = None) -> Prose:
     return Prose("\n".join(([lead, ""] if lead else []) + lines))
 
 
-#: the mime type under which a displayed verdict carries its record (collected by `cooplib.findings`)
+#: the mime type under which a displayed verdict carries its record (collected by `cooplib.report.findings`)
 VERDICT_MIME = "application/vnd.cooplib.verdicts+json"
 
 
@@ -122,7 +122,7 @@ def verdicts(items, lead: str | None = None) -> Verdicts:
 
 def verdict_table(items, caption: str | None = None) -> Verdicts:
     """The verdicts as an HTML table (claim, n, difference [CI], verdict, confounds), with their records."""
-    from .report import verdict_table as frame
+    from .tables import verdict_table as frame
 
     items = list(items)
     shown = Table(frame(items), caption)
@@ -211,14 +211,14 @@ def profile_note(profile: str, runs: pd.DataFrame | None = None) -> Prose:
     A profile whose YAML says `evidence: false` (the smoke profile) is a wiring check: its
     page says so once, plainly, and points to the published real-data profile's findings.
     """
-    from . import book
-    from .errors import ConfigError
+    from ..base import profiles
+    from ..base.errors import ConfigError
 
     try:
-        spec = book.load_profile(profile)
+        spec = profiles.load_profile(profile)
     except ConfigError:
         spec = {}
-    changed = book.LAST_CHECK.get("hand_set") if book.LAST_CHECK.get("profile") == profile else None
+    changed = profiles.LAST_CHECK.get("hand_set") if profiles.LAST_CHECK.get("profile") == profile else None
     if changed:
         settings = ", ".join(f"`{k} = {v!r}`" for k, v in changed.items())
         lines = [f"These numbers come from **parameters set by hand** ({settings}), not from the `{profile}` profile."]
@@ -228,7 +228,7 @@ def profile_note(profile: str, runs: pd.DataFrame | None = None) -> Prose:
     if runs is not None:
         lines.append(what_ran(runs))
     if spec.get("evidence", True) is False and not changed:
-        published = [n for n in book.profile_names() if n != profile and book.load_profile(n).get("publish")]
+        published = [n for n in profiles.profile_names() if n != profile and profiles.load_profile(n).get("publish")]
         where = (f" The questions are answered by the real-data profile `{published[0]}`: its Findings page gathers "
                  f"every verdict (`python -m cooplib.book build --profile {published[0]}`)." if published else "")
         lines.append(f"**Verdicts on this page are a wiring check, not evidence**: a few seeds of tiny networks on "

@@ -39,9 +39,9 @@ verifies (its zip CRCs, its own records and weights). Reading or reusing a compl
 takes no lock and writes nothing (`RunDir.reuse`); a run another process holds can be
 waited for (`RunDir.lock(wait=True)`).
 
-    python -m cooplib.runs verify RUN_OR_ROOT     check every run's files against commit.json (one line per run)
-    python -m cooplib.runs repair RUN_DIR         rebuild metrics.jsonl/final.json (or a lost commit.json) from the checkpoint
-    python -m cooplib.runs reset RUN_DIR          move a damaged run aside so that it retrains
+    python -m cooplib.engine.runs verify RUN_OR_ROOT     check every run's files against commit.json (one line per run)
+    python -m cooplib.engine.runs repair RUN_DIR         rebuild metrics.jsonl/final.json (or a lost commit.json) from the checkpoint
+    python -m cooplib.engine.runs reset RUN_DIR          move a damaged run aside so that it retrains
 """
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ from typing import Any, Iterator, Mapping
 
 import pandas as pd
 
-from .errors import RunDirError, RunLockedError
+from ..base.errors import RunDirError, RunLockedError
 
 CONFIG = "config.json"
 COMMIT = "commit.json"
@@ -228,7 +228,7 @@ def load_weights(path: Path, data: bytes) -> dict:
         return load(data)
     except Exception as exc:  # SafetensorError (header too large, truncated, ...) and kin
         raise RunDirError(f"{path} is not a readable safetensors file ({type(exc).__name__}: {str(exc)[:200]}); "
-                          f"retrain the run after `python -m cooplib.runs reset {path.parent}`") from None
+                          f"retrain the run after `python -m cooplib.engine.runs reset {path.parent}`") from None
 
 
 def load_checkpoint(path: Path, data: bytes | None = None) -> dict:
@@ -245,10 +245,10 @@ def load_checkpoint(path: Path, data: bytes | None = None) -> dict:
     except Exception as exc:  # truncated, garbage, or a pickle that needs code
         raise RunDirError(
             f"checkpoint {path} is corrupt or not a cooplib checkpoint ({type(exc).__name__}: {str(exc)[:300]}). "
-            f"Restart the run with `python -m cooplib.runs reset {path.parent}`."
+            f"Restart the run with `python -m cooplib.engine.runs reset {path.parent}`."
         ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise RunDirError(f"checkpoint {path} has an unknown format; restart the run with `python -m cooplib.runs reset {path.parent}`")
+        raise RunDirError(f"checkpoint {path} has an unknown format; restart the run with `python -m cooplib.engine.runs reset {path.parent}`")
     return ckpt
 
 
@@ -261,7 +261,7 @@ def check_manifest(manifest: Any, path: Path) -> dict:
     def need(cond: bool, field: str, what: str) -> None:
         if not cond:
             raise RunDirError(f"{path}: {field} {what}; the commit is damaged or was edited "
-                              f"(rebuild it with `python -m cooplib.runs repair {path.parent}`)")
+                              f"(rebuild it with `python -m cooplib.engine.runs repair {path.parent}`)")
 
     need(isinstance(manifest, dict), "the file", "must hold a JSON object")
     for key, kind in (("format", int), ("state", str), ("epoch", int), ("best_epoch", int), ("metrics_sha256", str),
@@ -310,7 +310,7 @@ def check_manifest(manifest: Any, path: Path) -> dict:
 def check_meta(meta: Any, path: Path) -> dict:
     """config.json (at `path`) against its schema: one error naming the file and the field."""
     from .config import RunConfig
-    from .errors import ConfigError
+    from ..base.errors import ConfigError
 
     def need(cond: bool, field: str, what: str) -> None:
         if not cond:
@@ -379,8 +379,8 @@ class RunDir:
                 raise RunDirError(
                     f"{path} is missing although the run holds committed files ({', '.join(found[:4])}"
                     f"{', ...' if len(found) > 4 else ''}); nothing was changed or deleted. Rebuild the commit from the "
-                    f"newest checkpoint with `python -m cooplib.runs repair {self.path}` (or move the run aside with "
-                    f"`python -m cooplib.runs reset {self.path}`)")
+                    f"newest checkpoint with `python -m cooplib.engine.runs repair {self.path}` (or move the run aside with "
+                    f"`python -m cooplib.engine.runs reset {self.path}`)")
             return None
         return check_manifest(parse_json(data, path, strict=True), path)
 
@@ -396,7 +396,7 @@ class RunDir:
             manifest = self._raw_manifest()
         if manifest and "config_sha256" in manifest and sha256(data) != manifest["config_sha256"]:
             raise RunDirError(f"{path} does not match the checksum recorded in {COMMIT}: it was edited or damaged after "
-                              f"the run started. Restore it, or retrain after `python -m cooplib.runs reset {self.path}`")
+                              f"the run started. Restore it, or retrain after `python -m cooplib.engine.runs reset {self.path}`")
         return meta
 
     def config(self):
@@ -448,8 +448,8 @@ class RunDir:
 
     def _advice(self, role: str) -> str:
         if role in ("metrics", "final"):
-            return f"rebuild it from the checkpoint with `python -m cooplib.runs repair {self.path}`"
-        return f"retrain the run after `python -m cooplib.runs reset {self.path}` (moves it aside)"
+            return f"rebuild it from the checkpoint with `python -m cooplib.engine.runs repair {self.path}`"
+        return f"retrain the run after `python -m cooplib.engine.runs reset {self.path}` (moves it aside)"
 
     def _metrics_lines(self) -> list[bytes]:
         data = self._read(METRICS)
@@ -670,7 +670,7 @@ class RunDir:
         """Check that `config` may train here: an existing run must hold the same config
         (cosmetic fields aside), be resumable, and not have diverged."""
         from .config import differences
-        from .errors import DivergedError
+        from ..base.errors import DivergedError
 
         if not os.path.lexists(self.path / CONFIG):
             return
@@ -694,7 +694,7 @@ class RunDir:
             raise RunDirError(f"{self.path / CONFIG} is missing although the run has a commit or committed files "
                               f"({', '.join(([COMMIT] if os.path.lexists(self.path / COMMIT) else []) + found[:3])}); "
                               f"nothing was changed. Restore {CONFIG}, or move the run aside with "
-                              f"`python -m cooplib.runs reset {self.path}`")
+                              f"`python -m cooplib.engine.runs reset {self.path}`")
         data = json_bytes(meta)
         check_meta(parse_json(data, self.path / CONFIG, strict=True), self.path / CONFIG)
         atomic_write_bytes(self.path / CONFIG, data)
@@ -716,7 +716,7 @@ class RunDir:
         Call with the lock held. Only plain files are removed; a lost commit is an error."""
         if not os.path.lexists(self.path / COMMIT) and any(os.path.lexists(self.path / old) for old in ("status.json", "checkpoint.pt")):
             raise RunDirError(f"{self.path} was written by an older cooplib (no {COMMIT}); nothing was changed. "
-                              f"Move it aside with `python -m cooplib.runs reset {self.path}` to retrain it")
+                              f"Move it aside with `python -m cooplib.engine.runs reset {self.path}` to retrain it")
         if os.path.islink(self.path / EVENTS):
             raise RunDirError(f"{self.path / EVENTS} is a symbolic link; TensorBoard events are written in the run "
                               f"directory only: remove the link")
@@ -815,7 +815,7 @@ class RunDir:
         meta_data = self._read(CONFIG, max_bytes=MAX_JSON_BYTES)
         if meta_data is None:
             raise RunDirError(f"{self.path} has no {CONFIG}; its commit cannot be rebuilt. Move it aside with "
-                              f"`python -m cooplib.runs reset {self.path}`")
+                              f"`python -m cooplib.engine.runs reset {self.path}`")
         epochs = self.meta(manifest=None)["config"]["epochs"]
         names = sorted((n for n in self.epoch_files() if ROLE_NAMES["checkpoint"].fullmatch(n)), reverse=True)
         failures = []
@@ -828,7 +828,7 @@ class RunDir:
         else:
             raise RunDirError(f"{self.path / COMMIT} is lost and no checkpoint verifies "
                               f"({'; '.join(failures) or 'there is none'}); nothing was changed. Retrain the run after "
-                              f"`python -m cooplib.runs reset {self.path}`")
+                              f"`python -m cooplib.engine.runs reset {self.path}`")
         epoch, best_epoch, final = ckpt["epoch"], ckpt["best_epoch"], ckpt["final"]
         done = [f"{n}: not used ({f})" for n, f in zip(names, failures)]
         weights = weights_bytes(ckpt["model"])
@@ -848,11 +848,11 @@ class RunDir:
             data = self._read(best_name)
             if data is None:
                 raise RunDirError(f"{self.path / COMMIT} is lost and {best_name} (the best weights, epoch {best_epoch}) is "
-                                  f"missing too; nothing was changed. Retrain after `python -m cooplib.runs reset {self.path}`")
+                                  f"missing too; nothing was changed. Retrain after `python -m cooplib.engine.runs reset {self.path}`")
             best = load_weights(self.path / best_name, data)
             if {k: (v.shape, v.dtype) for k, v in best.items()} != {k: (v.shape, v.dtype) for k, v in ckpt["model"].items()}:
                 raise RunDirError(f"{self.path / best_name} does not hold this run's tensors; nothing was changed. "
-                                  f"Retrain after `python -m cooplib.runs reset {self.path}`")
+                                  f"Retrain after `python -m cooplib.engine.runs reset {self.path}`")
             files["best"] = {"name": best_name, "sha256": sha256(data), "bytes": len(data)}
             done.append(f"{best_name} kept as found: the checkpoint holds no copy of the best epoch's weights to check it against")
         metrics = metrics_bytes(ckpt["records"])
@@ -1032,7 +1032,7 @@ def long_metrics(metrics: pd.DataFrame, split: str = "test", stat: str = "top1")
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m cooplib.runs", description="Check, repair or reset run directories.")
+    ap = argparse.ArgumentParser(prog="python -m cooplib.engine.runs", description="Check, repair or reset run directories.")
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("verify", help="check every run under a folder against its commit.json").add_argument("root")
     sub.add_parser("repair", help="rebuild metrics.jsonl / final.json of a run from its checkpoint").add_argument("run_dir")
