@@ -78,7 +78,7 @@ def test_notebook_guard_catches_what_papermill_only_warns_about():
 def test_a_failing_notebook_does_not_stop_the_batch(tmp_path, monkeypatch, capsys):
     import nbformat
 
-    monkeypatch.setattr(book, "EXECUTED", tmp_path / "executed")
+    monkeypatch.setattr(make, "EXECUTED", tmp_path / "executed")
     (tmp_path / "executed").mkdir()
     stale = nbformat.v4.new_notebook(metadata={"papermill": {"parameters": {"profile": "paper"}}})
     nbformat.write(stale, tmp_path / "executed" / "robustness.ipynb")
@@ -125,7 +125,7 @@ def test_published_profile_keeps_notebooks_and_records_without_weights(tmp_path,
     import nbformat
 
     for name in ("EXECUTED", "PUBLISHED"):
-        monkeypatch.setattr(book, name, tmp_path / name.lower())
+        monkeypatch.setattr(make, name, tmp_path / name.lower())
     make.EXECUTED.mkdir()
     nb = nbformat.v4.new_notebook(metadata={"papermill": {"parameters": {"profile": "real"}}})
     nbformat.write(nb, make.EXECUTED / "one.ipynb")
