@@ -19,8 +19,10 @@ $(STAMP): pyproject.toml
 book: $(STAMP)
 	$(PY) -m cooplib.book all --profile $(PROFILE)
 
-# Unit tests, then nbval over the notebooks (their stored outputs are the smoke reference).
+# The import layers (pyproject.toml [tool.importlinter]), then unit tests and nbval over
+# the notebooks (their stored outputs are the smoke reference).
 test: $(STAMP)
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest
 
 clean:

@@ -22,14 +22,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from cooplib import experiment, runs
-from cooplib.config import RunConfig
+from cooplib.engine import experiment, runs
+from cooplib.engine.config import RunConfig
 
 CHILD = """
 import json, sys, torch
 torch.set_num_threads(1)  # bit-identical results need one thread (see main)
-from cooplib import experiment
-from cooplib.config import RunConfig
+from cooplib.engine import experiment
+from cooplib.engine.config import RunConfig
 experiment.run(RunConfig.from_dict(json.loads(sys.argv[1])), run_dir=sys.argv[2])
 """
 METHODS = {"baseline": {}, "one": {"branches": 3}, "dml": {"peers": 2}}

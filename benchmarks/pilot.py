@@ -6,7 +6,7 @@ flagship arms (baseline, ONE-3, DML-2 and its independent peers) on Fashion-MNIS
 candidate sizes over many seeds, and writes one JSON per call to `benchmarks/results/`
 with, per candidate: each arm's test and training top-1 per seed, the paired
 differences' standard deviation, and the seeds needed for a 95 % half-width of 1.0 and
-0.5 points (`cooplib.stats.seeds_for_half_width`).
+0.5 points (`cooplib.base.stats.seeds_for_half_width`).
 
     python benchmarks/pilot.py --out /tmp/pilot --cluster local:12   # a GPU machine
     python benchmarks/pilot.py --quick --out /tmp/pilot-quick         # minutes on a CPU
@@ -29,9 +29,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cooplib import experiment, runs  # noqa: E402
-from cooplib.config import RunConfig  # noqa: E402
-from cooplib.stats import seeds_for_half_width  # noqa: E402
+from cooplib.engine import experiment, runs  # noqa: E402
+from cooplib.engine.config import RunConfig  # noqa: E402
+from cooplib.base.stats import seeds_for_half_width  # noqa: E402
 
 ARMS = {  # name -> (method, method_args, test head(s) whose mean is the arm's accuracy)
     "baseline": ("baseline", {}, ["net"]),

@@ -47,8 +47,9 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from cooplib import methods, runtime, train
-from cooplib.config import RunConfig
+from cooplib import methods
+from cooplib.engine import runtime, train
+from cooplib.engine.config import RunConfig
 from cooplib.data import Augment, ImageData
 
 CIFAR_MEAN, CIFAR_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
@@ -141,7 +142,7 @@ def loadavg() -> list[float] | None:
 def precision_arms(method: str, model: str, shape: tuple[int, int, int], classes: int, batch: int, blocks: int,
                    steps: int, warmup: int, device, arms=tuple(ARMS)) -> dict:
     """img/s of one training step in each arm of `arms`, interleaved (see the module docstring)."""
-    from cooplib.optim import make_optimizer
+    from cooplib.engine.optim import make_optimizer
 
     torch.manual_seed(0)
     proto = methods.build(method, model, classes, shape[0], **{"baseline": {}, "one": {"branches": 3}, "dml": {"peers": 2}}[method])

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from cooplib import book, methods
-from cooplib.config import RunConfig
-from cooplib.errors import ConfigError
+from cooplib.base import profiles
+from cooplib import methods
+from cooplib.engine.config import RunConfig
+from cooplib.base.errors import ConfigError
 
 
 def one_line(exc: pytest.ExceptionInfo) -> str:
@@ -65,10 +66,10 @@ def test_the_notebooks_and_profiles_step_schedules_stay_valid():
     import ast
 
     for nb in ("baseline", "one", "robustness", "branch_expansion"):
-        defaults = {k: ast.literal_eval(v) for k, v in book.notebook_parameters(nb).items()
+        defaults = {k: ast.literal_eval(v) for k, v in profiles.notebook_parameters(nb).items()
                     if k in ("epochs", "epochs_first", "epochs_second", "milestones", "schedule")}
-        for name in book.profile_names():
-            params = {**defaults, **(book.load_profile(name)["notebooks"].get(nb) or {})}
+        for name in profiles.profile_names():
+            params = {**defaults, **(profiles.load_profile(name)["notebooks"].get(nb) or {})}
             for key in ("epochs", "epochs_first", "epochs_second"):
                 if key in params:
                     RunConfig(epochs=params[key], schedule=params.get("schedule", "step"),
@@ -153,7 +154,7 @@ def test_valid_options_still_pass_and_keep_their_values():
 
 
 def test_a_new_method_gets_type_checks_for_free_and_ranges_in_one_place():
-    from cooplib.registry import Registry
+    from cooplib.base.registry import Registry
 
     reg = Registry("method")
 
@@ -217,21 +218,21 @@ def _profile(tmp_path, text: str) -> str:
 ])
 def test_malformed_profiles_are_one_line(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message) as exc:
-        book.load_profile(_profile(tmp_path, text))
+        profiles.load_profile(_profile(tmp_path, text))
     one_line(exc)
 
 
 def test_well_formed_profiles_still_load(tmp_path):
-    prof = book.load_profile(_profile(tmp_path, "runs_dir: runs/x\nnotebooks:\n  baseline:\n  one: {epochs: 3}\n"))
+    prof = profiles.load_profile(_profile(tmp_path, "runs_dir: runs/x\nnotebooks:\n  baseline:\n  one: {epochs: 3}\n"))
     assert prof["notebooks"] == {"baseline": None, "one": {"epochs": 3}} and prof["name"] == "mine"
-    for name in book.profile_names():
-        book.load_profile(name)
+    for name in profiles.profile_names():
+        profiles.load_profile(name)
 
 
 def test_an_empty_teacher_seed_list_is_one_clear_line():
-    from cooplib.methods import kd
+    from cooplib.engine import zoo
 
     with pytest.raises(ConfigError, match=r"teacher_seeds is empty: give at least one teacher seed"):
-        kd.assign_teachers([0, 1], [], "same")
+        zoo.assign_teachers([0, 1], [], "same")
     with pytest.raises(ConfigError, match=r"seeds \(the student seeds\) is empty"):
-        kd.assign_teachers([], [0], "all")
+        zoo.assign_teachers([], [0], "all")

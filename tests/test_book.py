@@ -5,59 +5,60 @@ import re
 import pytest
 import yaml
 
-from cooplib import book
-from cooplib.errors import ConfigError
+from cooplib.base import profiles
+from cooplib.book import make
+from cooplib.base.errors import ConfigError
 
 
 def test_every_profile_names_only_declared_parameters():
-    for name in book.profile_names():
-        plan = book.validate(book.load_profile(name))
+    for name in profiles.profile_names():
+        plan = profiles.validate(profiles.load_profile(name))
         assert plan, name
 
 
 def test_notebook_parameters_are_parsed_with_ast():
-    params = book.notebook_parameters("baseline")
+    params = profiles.notebook_parameters("baseline")
     # a comment containing '=' made papermill's own parser skip this line
     assert params["train_size"] == "None" and params["dataset"] == "'digits'"
-    assert set(book.INJECTED) <= set(params)
+    assert set(profiles.INJECTED) <= set(params)
 
 
 def _profile(tmp_path, notebooks):
     path = tmp_path / "mine.yml"
     path.write_text(yaml.safe_dump({"description": "test", "notebooks": notebooks}))
-    return book.load_profile(str(path))
+    return profiles.load_profile(str(path))
 
 
 def test_mistyped_parameter_is_an_error_with_suggestion(tmp_path):
     with pytest.raises(ConfigError, match=r"unknown parameter 'epoch'.*did you mean 'epochs'"):
-        book.validate(_profile(tmp_path, {"baseline": {"epoch": 3}}))
+        profiles.validate(_profile(tmp_path, {"baseline": {"epoch": 3}}))
 
 
 def test_unknown_profile_notebook_and_reserved_parameter(tmp_path):
     with pytest.raises(ConfigError, match="did you mean 'smoke'"):
-        book.load_profile("smoek")
+        profiles.load_profile("smoek")
     with pytest.raises(ConfigError, match="did you mean 'baseline'"):
-        book.validate(_profile(tmp_path, {"baselin": {}}))
+        profiles.validate(_profile(tmp_path, {"baselin": {}}))
     with pytest.raises(ConfigError, match="set by cooplib.book"):
-        book.validate(_profile(tmp_path, {"baseline": {"out_dir": "/x"}}))
+        profiles.validate(_profile(tmp_path, {"baseline": {"out_dir": "/x"}}))
     with pytest.raises(ConfigError, match="has no notebook 'nosuch'"):
-        book.validate(book.load_profile("smoke"), only=["nosuch"])
+        profiles.validate(profiles.load_profile("smoke"), only=["nosuch"])
 
 
 def test_cli_reports_config_errors_without_traceback(capsys):
-    assert book.main(["run", "--profile", "smoek"]) == 2
+    assert make.main(["run", "--profile", "smoek"]) == 2
     assert "did you mean 'smoke'" in capsys.readouterr().err
 
 
 def test_profile_values_must_have_the_type_of_the_notebook_default(tmp_path):
     with pytest.raises(ConfigError, match=r"notebook 'baseline': seeds must be a list like \[0, 1\], got 0"):
-        book.validate(_profile(tmp_path, {"baseline": {"seeds": 0}}))
+        profiles.validate(_profile(tmp_path, {"baseline": {"seeds": 0}}))
     with pytest.raises(ConfigError, match=r"epochs must be an integer like 30, got '3'"):
-        book.validate(_profile(tmp_path, {"baseline": {"epochs": "3"}}))
+        profiles.validate(_profile(tmp_path, {"baseline": {"epochs": "3"}}))
     # YAML 1.1 reads 5e-4 (no dot) as text; profiles read it as the number people mean
     path = tmp_path / "wd.yml"
     path.write_text("notebooks:\n  baseline:\n    weight_decay: 5e-4\n    lr: 1E-1\n    dataset: digits\n")
-    plan = book.validate(book.load_profile(str(path)))
+    plan = profiles.validate(profiles.load_profile(str(path)))
     assert plan["baseline"] == {"weight_decay": 5e-4, "lr": 0.1, "dataset": "digits"}
 
 
@@ -67,56 +68,56 @@ def test_every_notebook_declares_cluster_and_the_profiles_cluster_reaches_it(tmp
     import nbformat
     from papermill.parameterize import parameterize_notebook
 
-    names = sorted(p.stem for p in book.NOTEBOOKS.glob("*.ipynb"))
-    assert len(names) == 8 and all(book.notebook_parameters(nb).get("cluster") == "None" for nb in names)
+    names = sorted(p.stem for p in profiles.NOTEBOOKS.glob("*.ipynb"))
+    assert len(names) == 8 and all(profiles.notebook_parameters(nb).get("cluster") == "None" for nb in names)
     slurm = {"slurm": {"cores": 4, "memory": "8GB", "job_extra_directives": ["--gres=gpu:1"], "jobs": 2}}
     for spec in ("local:2", slurm):
         path = tmp_path / "cluster.yml"
         path.write_text(yaml.safe_dump({"cluster": spec, "notebooks": {"baseline": {"epochs": 3}, "dml": None,
                                                                       "one": {"cluster": "serial"}}}))
-        plan = book.validate(book.load_profile(str(path)))
+        plan = profiles.validate(profiles.load_profile(str(path)))
         assert plan == {"baseline": {"epochs": 3, "cluster": spec}, "dml": {"cluster": spec}, "one": {"cluster": "serial"}}
-    nb = nbformat.read(book.NOTEBOOKS / "baseline.ipynb", as_version=4)
+    nb = nbformat.read(profiles.NOTEBOOKS / "baseline.ipynb", as_version=4)
     declared = next(c.source for c in nb.cells if "parameters" in c.metadata.get("tags", []))
     injected = next(c.source for c in parameterize_notebook(nb, {"profile": "smoke", "cluster": slurm}).cells
                     if "injected-parameters" in c.metadata.get("tags", []))
     namespace: dict = {}
     exec(declared + "\n" + injected, namespace)
     assert namespace["cluster"] == slurm
-    book.check_notebook_parameters("baseline", {**namespace, "In": [declared, injected]})
-    assert book.LAST_CHECK["hand_set"] == {}  # where the runs execute does not change the page's numbers
+    profiles.check_notebook_parameters("baseline", {**namespace, "In": [declared, injected]})
+    assert profiles.LAST_CHECK["hand_set"] == {}  # where the runs execute does not change the page's numbers
     for bad, why in (("lokal:2", "unknown cluster 'lokal:2'"), (4, "cluster must be a string"), ({"slurm": 4}, "must be a mapping")):
         path.write_text(yaml.safe_dump({"cluster": bad, "notebooks": {"baseline": None}}))
         with pytest.raises(ConfigError, match=why):
-            book.load_profile(str(path))
+            profiles.load_profile(str(path))
     with pytest.raises(ConfigError, match=r"notebook 'baseline': cluster 'local:0': expected local:N"):
-        book.validate(_profile(tmp_path, {"baseline": {"cluster": "local:0"}}))
+        profiles.validate(_profile(tmp_path, {"baseline": {"cluster": "local:0"}}))
 
 
 def test_notebook_guard_catches_what_papermill_only_warns_about():
-    declared = {k: eval(v) for k, v in book.notebook_parameters("baseline").items()}  # the defaults
+    declared = {k: eval(v) for k, v in profiles.notebook_parameters("baseline").items()}  # the defaults
     ok = {**declared, "In": ["", "# parameters\nepochs = 30", "# Parameters\nepochs = 3\n"]}
-    book.check_notebook_parameters("baseline", {**ok, "epochs": 3})
+    profiles.check_notebook_parameters("baseline", {**ok, "epochs": 3})
     typo = {**declared, "epohcs": 3, "In": ["# Parameters\nepohcs = 3\n"]}
     with pytest.raises(ConfigError, match=r"notebook 'baseline': unknown parameter 'epohcs' \(did you mean 'epochs'\?\)"):
-        book.check_notebook_parameters("baseline", typo)
+        profiles.check_notebook_parameters("baseline", typo)
     with pytest.raises(ConfigError, match=r"parameter seeds must be a list like \[0, 1\], got 0"):
-        book.check_notebook_parameters("baseline", {**declared, "seeds": 0, "In": ["# Parameters\nseeds = 0\n"]})
+        profiles.check_notebook_parameters("baseline", {**declared, "seeds": 0, "In": ["# Parameters\nseeds = 0\n"]})
     # opened by hand (no injected cell): variables of later cells are not parameters
-    book.check_notebook_parameters("baseline", {**declared, "base": object(), "In": ["x = 1"]})
+    profiles.check_notebook_parameters("baseline", {**declared, "base": object(), "In": ["x = 1"]})
 
 
 def test_a_failing_notebook_does_not_stop_the_batch(tmp_path, monkeypatch, capsys):
     import nbformat
 
-    monkeypatch.setattr(book, "EXECUTED", tmp_path / "executed")
+    monkeypatch.setattr(make, "EXECUTED", tmp_path / "executed")
     (tmp_path / "executed").mkdir()
     stale = nbformat.v4.new_notebook(metadata={"papermill": {"parameters": {"profile": "paper"}}})
     nbformat.write(stale, tmp_path / "executed" / "robustness.ipynb")
     path = tmp_path / "broken.yml"
     path.write_text("notebooks:\n  baseline:\n    dataset: nosuch\n  dml:\n    dataset: nosuch2\n")
     cwd = os.getcwd()
-    assert book.main(["run", "--profile", str(path), "--runs-dir", str(tmp_path / "runs"), "--jobs", "2"]) == 1
+    assert make.main(["run", "--profile", str(path), "--runs-dir", str(tmp_path / "runs"), "--jobs", "2"]) == 1
     assert os.getcwd() == cwd  # concurrent notebooks must not leave the process in another folder
     out = capsys.readouterr().out
     assert "0 of 2 notebook(s) executed, 2 FAILED" in out
@@ -127,14 +128,14 @@ def test_a_failing_notebook_does_not_stop_the_batch(tmp_path, monkeypatch, capsy
 
 def test_runs_root_is_the_profiles_whatever_the_working_folder(tmp_path, monkeypatch):
     """JupyterLab (cwd notebooks/), papermill elsewhere and cooplib.book find the same runs."""
-    from cooplib import experiment
+    from cooplib.engine import experiment
 
     monkeypatch.delenv("COOPLIB_RUNS_DIR", raising=False)
-    expected = book.runs_dir_for(book.load_profile("smoke"))
-    for folder in (book.NOTEBOOKS, tmp_path):
+    expected = profiles.runs_dir_for(profiles.load_profile("smoke"))
+    for folder in (profiles.NOTEBOOKS, tmp_path):
         monkeypatch.chdir(folder)
         assert experiment.runs_root(None, "smoke") == expected
-    assert expected == (book.REPO_ROOT / "runs" / "smoke").resolve()
+    assert expected == (profiles.REPO_ROOT / "runs" / "smoke").resolve()
     assert experiment.runs_root(tmp_path / "x", "smoke") == (tmp_path / "x").resolve()  # an explicit folder wins
     monkeypatch.setenv("COOPLIB_RUNS_DIR", str(tmp_path / "env"))
     assert experiment.runs_root(None, "smoke") == (tmp_path / "env").resolve()
@@ -147,7 +148,7 @@ def test_executed_code_is_collapsed_and_removed_cells_keep_their_tags(tmp_path):
                                          nbformat.v4.new_code_cell("2", metadata={"tags": ["remove-cell"]})])
     path = tmp_path / "n.ipynb"
     nbformat.write(nb, path)
-    book.collapse_code(path)
+    make.collapse_code(path)
     tags = [c.metadata.get("tags") for c in nbformat.read(path, as_version=4).cells]
     assert tags == [["hide-input"], [], ["remove-cell"]]
 
@@ -156,34 +157,35 @@ def test_published_profile_keeps_notebooks_and_records_without_weights(tmp_path,
     import nbformat
 
     for name in ("EXECUTED", "PUBLISHED"):
-        monkeypatch.setattr(book, name, tmp_path / name.lower())
-    book.EXECUTED.mkdir()
+        monkeypatch.setattr(make, name, tmp_path / name.lower())
+    make.EXECUTED.mkdir()
     nb = nbformat.v4.new_notebook(metadata={"papermill": {"parameters": {"profile": "real"}}})
-    nbformat.write(nb, book.EXECUTED / "one.ipynb")
-    (book.EXECUTED / "build_info.md").write_text("built by real")
+    nbformat.write(nb, make.EXECUTED / "one.ipynb")
+    (make.EXECUTED / "build_info.md").write_text("built by real")
     run = tmp_path / "runs" / "one-run"
     run.mkdir(parents=True)
-    for f in (*book.RECORD_FILES, "model-0003.safetensors", "checkpoint-0003.pt", "commit.json"):
+    for f in (*make.RECORD_FILES, "model-0003.safetensors", "checkpoint-0003.pt", "commit.json"):
         (run / f).write_text(f)
-    (run / "config.json").write_text(f'{{"teacher": "{book.REPO_ROOT}/runs/real/teacher-run"}}')
-    target = book.publish("real", tmp_path / "runs")
-    assert sorted(p.name for p in (target / "records" / "one-run").iterdir()) == sorted(book.RECORD_FILES)
+    (run / "config.json").write_text(f'{{"teacher": "{profiles.REPO_ROOT}/runs/real/teacher-run"}}')
+    target = make.publish("real", tmp_path / "runs")
+    assert sorted(p.name for p in (target / "records" / "one-run").iterdir()) == sorted(make.RECORD_FILES)
     assert (target / "records" / "one-run" / "config.json").read_text() == '{"teacher": "runs/real/teacher-run"}'
 
     # another profile executed since: the build of "real" restores the published notebooks
     other = nbformat.v4.new_notebook(metadata={"papermill": {"parameters": {"profile": "smoke"}}})
-    nbformat.write(other, book.EXECUTED / "one.ipynb")
-    assert book._executed_profile() == "smoke"
-    book._restore_published("real")
-    assert book._executed_profile() == "real" and (book.EXECUTED / "build_info.md").read_text() == "built by real"
+    nbformat.write(other, make.EXECUTED / "one.ipynb")
+    assert make._executed_profile() == "smoke"
+    make._restore_published("real")
+    assert make._executed_profile() == "real" and (make.EXECUTED / "build_info.md").read_text() == "built by real"
     with pytest.raises(ConfigError, match="no published book"):
-        book._restore_published("nothing")
+        make._restore_published("nothing")
 
 
 def test_tables_render_as_html_without_index_and_prose_as_markdown():
     import pandas as pd
 
-    from cooplib import present, report
+    from cooplib.base import stats
+    from cooplib.report import present
 
     frame = pd.DataFrame({"method": ["a", "b"], "top-1 %": [91.25, 90.5]}, index=[7, 9])
     shown = present.table(frame, caption="mean over seeds")
@@ -191,7 +193,7 @@ def test_tables_render_as_html_without_index_and_prose_as_markdown():
     assert "<caption>mean over seeds</caption>" in html and ">7<" not in html and ">9<" not in html
     assert "<th>method</th>" in html and "91.25" in html
     assert repr(shown) == "mean over seeds\n" + frame.to_string(index=False)
-    v = report.decide([1.0, 2.0, 3.0], "a beats b")
+    v = stats.decide([1.0, 2.0, 3.0], "a beats b")
     assert present.verdicts([v])._repr_markdown_() == f"- {v.sentence}"
     assert present.prose("One.", "", "Two.")._repr_markdown_() == "One.\n\nTwo."
 
@@ -200,7 +202,7 @@ def test_explorer_static_view_and_panel(monkeypatch):
     """The static view shows every run; the panel's table follows what is picked."""
     import pandas as pd
 
-    from cooplib import explore
+    from cooplib.report import explore
 
     rows = [{"label": lab, "seed": s, "epoch": e, "test/net/top1": 50 + e + s + (5 if lab == "b" else 0),
              "test/net/loss": 1.0 / e, "train/net/top1": 60.0 + e}
@@ -227,7 +229,7 @@ def test_explorer_curves_keep_at_most_six_lines_a_panel(monkeypatch):
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    from cooplib import explore
+    from cooplib.report import explore
 
     heads = [f"branch{i}" for i in range(4)] + ["ensemble", "average"]
     rows = [{"label": lab, "seed": s, "epoch": e, **{f"test/{h}/top1": 50.0 + e for h in heads}}
@@ -245,6 +247,6 @@ def test_explorer_curves_keep_at_most_six_lines_a_panel(monkeypatch):
 def report_mean(*values):
     import pandas as pd
 
-    from cooplib.report import mean_std
+    from cooplib.report.tables import mean_std
 
     return mean_std(pd.Series([float(v) for v in values]))

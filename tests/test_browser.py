@@ -12,12 +12,14 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from cooplib import book, bookcheck, findings
+from cooplib.base import profiles
+from cooplib.book import make, check
+from cooplib.report import findings
 
-pytestmark = pytest.mark.skipif(bookcheck.find_browser() is None,
+pytestmark = pytest.mark.skipif(check.find_browser() is None,
                                 reason="no Chromium installed (Debian: apt install chromium)")
 
-ROOT = book.REPO_ROOT
+ROOT = profiles.REPO_ROOT
 
 
 def _book_tree(tmp_path: Path, executed: list[Path], info: str, profile: str) -> Path:
@@ -32,14 +34,14 @@ def _book_tree(tmp_path: Path, executed: list[Path], info: str, profile: str) ->
     for nb in executed:
         target = tree / "book" / "_executed" / nb.name
         shutil.copy2(nb, target)
-        book.collapse_code(target)
+        make.collapse_code(target)
     (tree / "book" / "_executed" / "build_info.md").write_text(info)
-    findings.write(tree / "book" / "_executed", [nb.stem for nb in executed], book.load_profile(profile))
+    findings.write(tree / "book" / "_executed", [nb.stem for nb in executed], profiles.load_profile(profile))
     return tree
 
 
 def _assert_clean(html: Path, forbidden: tuple[str, ...]) -> None:
-    report = bookcheck.check(html, forbidden=forbidden)
+    report = check.check(html, forbidden=forbidden)
     chapters = [p for p in report if "_executed" in p and not p.endswith("findings.html")]
     assert len(chapters) == len(list(ROOT.glob("notebooks/*.ipynb"))), report.keys()
     assert any(p.endswith("findings.html") for p in report), report.keys()
@@ -49,13 +51,13 @@ def _assert_clean(html: Path, forbidden: tuple[str, ...]) -> None:
 
 def test_smoke_book_reads_clean_in_chromium(tmp_path):
     tree = _book_tree(tmp_path, sorted((ROOT / "notebooks").glob("*.ipynb")), "the smoke profile (test build)", "smoke")
-    index = book.jupyter_book(tree)
+    index = make.jupyter_book(tree)
     _assert_clean(index.parent, forbidden=(str(ROOT), str(tree)))
 
 
 def test_published_book_reads_clean_in_chromium(tmp_path):
-    published = [p for p in sorted(book.PUBLISHED.glob("*")) if (p / "build_info.md").exists()]
-    assert published, f"no published book in {book.PUBLISHED}"
+    published = [p for p in sorted(make.PUBLISHED.glob("*")) if (p / "build_info.md").exists()]
+    assert published, f"no published book in {make.PUBLISHED}"
     for source in published:
         notebooks = sorted(source.glob("*.ipynb"))
         for nb in notebooks:  # every chapter really comes from the published profile
@@ -65,7 +67,7 @@ def test_published_book_reads_clean_in_chromium(tmp_path):
             if path.is_file():
                 assert not absolute.search(path.read_text()), f"{path} names an absolute path of the machine that built it"
         tree = _book_tree(tmp_path / source.name, notebooks, (source / "build_info.md").read_text(), source.name)
-        index = book.jupyter_book(tree)
+        index = make.jupyter_book(tree)
         _assert_clean(index.parent, forbidden=(str(ROOT), str(tree)))
 
 
@@ -88,7 +90,7 @@ def test_checker_catches_what_a_reader_would_trip_on(tmp_path):
       <div class="cell_output"><pre>label  runs  seeds
 baseline  2  [0, 1]
 ONE-3  2  [0, 1]</pre></div><p>/secret/build/path</p></article></body></html>""")
-    report = bookcheck.check(tmp_path, forbidden=("/secret/build/path",))
+    report = check.check(tmp_path, forbidden=("/secret/build/path",))
     assert report["clean.html"] == []
     found = " | ".join(report["bad.html"])
     for expected in ("literal placeholder {gain:.2f}", "figure 1600 px wide", "missing image missing.png",

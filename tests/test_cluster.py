@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from cooplib import cluster, experiment, runs
-from cooplib.config import RunConfig
-from cooplib.errors import ConfigError, SweepError
+from cooplib.engine import cluster, experiment, runs
+from cooplib.engine.config import RunConfig
+from cooplib.base.errors import ConfigError, SweepError
 
 
 def _restore(environ: dict) -> None:

@@ -1,8 +1,8 @@
 import pytest
 
 from cooplib import methods
-from cooplib.config import RunConfig, differences
-from cooplib.errors import ConfigError
+from cooplib.engine.config import RunConfig, differences
+from cooplib.base.errors import ConfigError
 
 
 def test_unknown_parameter_is_an_error_with_suggestion():
@@ -65,7 +65,7 @@ def test_mistyped_values_get_one_clear_line(bad, message):
 def test_device_that_is_not_here_is_a_clear_error():
     import torch
 
-    from cooplib.runtime import resolve_device
+    from cooplib.engine.runtime import resolve_device
 
     assert resolve_device("cpu") == torch.device("cpu")
     if not torch.cuda.is_available():

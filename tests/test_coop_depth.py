@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from cooplib import methods, models
-from cooplib.config import RunConfig
-from cooplib.errors import ConfigError
+from cooplib.engine.config import RunConfig
+from cooplib.base.errors import ConfigError
 from cooplib.methods.base import TrainState
 from cooplib.methods.coop_depth import CoopDepth
 from cooplib.models import depth

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from cooplib import data
-from cooplib.errors import CooplibError
+from cooplib.base.errors import CooplibError
 from cooplib.data import (Augment, DatasetNotFoundError, DeviceLoader, ImageData, crop_batch,
                           random_crop_flip, sample_crop_flip)
 

@@ -10,18 +10,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from cooplib import runs
-from cooplib.config import RunConfig
+from cooplib.engine import runs
+from cooplib.engine.config import RunConfig
 
 #: a torchrun script: registers a BatchNorm-free model (per-rank BN would differ from
-#: the single-process run by construction), then trains as `cooplib.ddp` does
+#: the single-process run by construction), then trains as `cooplib.engine.launch` does
 SCRIPT = """
 import json, os, sys
 import torch
 from torch import nn
-from cooplib import ddp, experiment
-from cooplib.config import RunConfig
-from cooplib.registry import MODELS
+from cooplib.engine import experiment, launch
+from cooplib.engine.config import RunConfig
+from cooplib.base.registry import MODELS
 
 class Seen(nn.Module):
     # counts the training images this process sees (a buffer, so it is in the weights)
@@ -38,7 +38,7 @@ def build_linear(num_classes, in_channels=3):
     return nn.Sequential(Seen(), nn.Flatten(), nn.Linear(in_channels * 64, 16), nn.ReLU(), nn.Linear(16, num_classes))
 
 if "RANK" in os.environ:
-    sys.exit(ddp.main(sys.argv[1:]))
+    sys.exit(launch.main(sys.argv[1:]))
 experiment.run(RunConfig.from_dict(json.load(open(sys.argv[2]))), run_dir=sys.argv[4])
 """
 

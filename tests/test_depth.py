@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cooplib import adaptive, methods, models
+from cooplib.analysis import adaptive
+from cooplib import methods, models
 from cooplib.methods.base import TrainState
 from cooplib.methods.coop_depth import CoopDepth, sfsl_weights
 from cooplib.methods.sandwich import sandwich_factors

@@ -149,8 +149,8 @@ def test_sequential_substeps_with_sgd_follow_algorithm_1():
 
 def test_fit_sequential_logs_the_joint_modes_terms(tiny_data, tmp_path):
     """Through the real loop: K substeps per batch, per-peer parts, loss = sum over peers."""
-    from cooplib import train
-    from cooplib.config import RunConfig
+    from cooplib.engine import train
+    from cooplib.engine.config import RunConfig
 
     update = "sequential"
 

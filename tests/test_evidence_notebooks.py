@@ -4,7 +4,7 @@ nbval compares the notebooks' checked cells exactly, so those print only what is
 on any machine (counts, costs, the applied lr schedule). Accuracies differ between CPUs,
 thread counts and GPUs, so they are checked here instead: each notebook is executed with
 its defaults (the smoke profile) and the mean over seeds of each result it prints in its
-evidence record (`report.print_evidence`) must lie within `report.evidence_tolerance` of
+evidence record (`tables.print_evidence`) must lie within `tables.evidence_tolerance` of
 the stored reference in notebooks/<name>.ipynb.
 
 Runs go to the session's fresh runs folder (conftest.py), so they train for real; nbval,
@@ -14,7 +14,8 @@ import json
 
 import pytest
 
-from cooplib import book, report
+from cooplib.base import profiles
+from cooplib.report import tables
 
 NOTEBOOKS = ["baseline", "one", "dml", "branch_expansion", "robustness", "cooperative_depth", "kd_zoo"]
 
@@ -23,11 +24,11 @@ NOTEBOOKS = ["baseline", "one", "dml", "branch_expansion", "robustness", "cooper
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_training_results_match_the_stored_reference_within_the_seed_spread(name, tmp_path):
     papermill = pytest.importorskip("papermill")
-    source = book.NOTEBOOKS / f"{name}.ipynb"
-    stored = report.read_evidence(json.loads(source.read_text()))
+    source = profiles.NOTEBOOKS / f"{name}.ipynb"
+    stored = tables.read_evidence(json.loads(source.read_text()))
     executed = tmp_path / source.name
-    papermill.execute_notebook(str(source), str(executed), cwd=str(book.NOTEBOOKS), kernel_name="python3",
+    papermill.execute_notebook(str(source), str(executed), cwd=str(profiles.NOTEBOOKS), kernel_name="python3",
                                progress_bar=False)
-    fresh = report.read_evidence(json.loads(executed.read_text()))
-    tolerance = report.evidence_tolerance(stored)
-    assert report.evidence_mismatches(stored, fresh, tolerance) == [], f"tolerance {tolerance:.2f} top-1 points"
+    fresh = tables.read_evidence(json.loads(executed.read_text()))
+    tolerance = tables.evidence_tolerance(stored)
+    assert tables.evidence_mismatches(stored, fresh, tolerance) == [], f"tolerance {tolerance:.2f} top-1 points"

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cooplib.expand import expand_branches, expand_optimizer_state, load_state_strict, set_gate_prior
+from cooplib.models.expand import expand_branches, expand_optimizer_state, load_state_strict, set_gate_prior
 from cooplib.methods.base import TrainState
 from cooplib.methods.one import ONE
 from cooplib.models.multibranch import MultiBranchResNet
@@ -160,7 +160,7 @@ def test_optimizer_state_must_match_the_old_model():
 
 
 def test_one_init_from_expands_the_parent_and_its_momentum():
-    from cooplib.optim import carry_optimizer_state
+    from cooplib.engine.optim import carry_optimizer_state
 
     torch.manual_seed(0)
     parent = ONE(MultiBranchResNet("resnet8", 5, branches=3))

@@ -16,12 +16,13 @@ import math
 import pytest
 import torch
 
-from cooplib import diversity, metrics, train
-from cooplib.config import RunConfig
+from cooplib.analysis import diversity
+from cooplib.engine import metrics, train
+from cooplib.engine.config import RunConfig
 from cooplib.data import DeviceLoader
-from cooplib.expand import annealed_prior, expand_branches
+from cooplib.models.expand import annealed_prior, expand_branches
 from cooplib.methods.base import TrainState
-from cooplib.methods.one import ONE, build_one
+from cooplib.methods.one import ONE, branch_sums, build_one
 from cooplib.models.multibranch import MultiBranchResNet
 from test_expand import SMALL, trained_like  # the same "trained-looking" ONE-3
 
@@ -160,7 +161,7 @@ def test_branch_sums_match_a_direct_computation():
     torch.manual_seed(0)
     z = torch.randn(4, 7, 5) * 3
     g = torch.softmax(torch.randn(7, 4), 1)
-    d = diversity.branch_sums(z, g)
+    d = branch_sums(z, g)
     assert len(d) == 4 + 2 * 6
     for i in range(4):
         torch.testing.assert_close(d[f"gate/branch{i}"], g[:, i].sum())
@@ -170,7 +171,7 @@ def test_branch_sums_match_a_direct_computation():
         kl_ji = (pj * (pj.log() - pi.log())).sum()
         torch.testing.assert_close(d[f"kl/branch{i}-branch{j}"], 0.5 * (kl_ij + kl_ji), rtol=1e-5, atol=1e-5)
         assert float(d[f"disagree/branch{i}-branch{j}"]) == 100.0 * int((z[i].argmax(-1) != z[j].argmax(-1)).sum())
-    same = diversity.branch_sums(torch.stack([z[0], z[0]]))
+    same = branch_sums(torch.stack([z[0], z[0]]))
     assert float(same["disagree/branch0-branch1"]) == 0.0 and abs(float(same["kl/branch0-branch1"])) < 1e-5
 
 
@@ -189,7 +190,7 @@ def test_evaluate_records_the_learner_diagnostics_as_means(tiny_data):
     n = xs.shape[0]
     for i in range(3):
         assert out[f"gate/branch{i}"] == pytest.approx(float(gate[:, i].mean()), abs=1e-5)
-    want = diversity.branch_sums(torch.stack([heads[f"branch{i}"] for i in range(3)]))
+    want = branch_sums(torch.stack([heads[f"branch{i}"] for i in range(3)]))
     for k, v in want.items():
         assert out[k] == pytest.approx(float(v) / n, abs=1e-4)
     described = diversity.describe({f"test/{k}": v for k, v in out.items()}, old=3)
@@ -201,8 +202,8 @@ def test_evaluate_records_the_learner_diagnostics_as_means(tiny_data):
 def test_annealed_expansion_interrupted_mid_anneal_resumes_to_the_same_run(quadrants_npz, tmp_path, one_thread, monkeypatch):
     """The anneal's start is rebuilt by init_from on resume, so an expanded run stopped in
     the middle of its anneal and resumed equals the uninterrupted run, bit for bit."""
-    from cooplib import experiment, runs
-    from cooplib.config import RunConfig
+    from cooplib.engine import experiment, runs
+    from cooplib.engine.config import RunConfig
     from cooplib.methods.one import ONE
 
     common = dict(model="resnet8", dataset="npz", dataset_args={"path": str(quadrants_npz)}, batch_size=32, lr=0.05,

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from cooplib import experiment, metrics, optim, runs
-from cooplib.config import RunConfig
-from cooplib.errors import RunDirError
+from cooplib.engine import experiment, metrics, optim, runs
+from cooplib.engine.config import RunConfig
+from cooplib.base.errors import RunDirError
 
 
 @pytest.fixture

@@ -6,7 +6,10 @@ import pandas as pd
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from cooplib import book, findings, present, stats
+from cooplib.base import profiles
+from cooplib.book import make
+from cooplib.report import findings, present
+from cooplib.base import stats
 
 
 def _verdict_output(verdicts, table=False):
@@ -71,7 +74,7 @@ def test_verdict_records_are_strict_json():
 
 def _namespace(**params):
     ns = {"profile": "smoke", "In": []}
-    ns.update({name: eval(src) for name, src in book.notebook_parameters("baseline").items() if name != "out_dir"})
+    ns.update({name: eval(src) for name, src in profiles.notebook_parameters("baseline").items() if name != "out_dir"})
     ns.update(params)
     if params:
         ns["In"] = ["# Parameters\n" + "\n".join(f"{k} = {v!r}" for k, v in params.items())]
@@ -79,11 +82,11 @@ def _namespace(**params):
 
 
 def test_profile_note_names_parameters_set_by_hand():
-    book.check_notebook_parameters("baseline", _namespace(dataset="cifar10", epochs=3))
+    profiles.check_notebook_parameters("baseline", _namespace(dataset="cifar10", epochs=3))
     note = str(present.profile_note("smoke"))
     assert "parameters set by hand" in note and "dataset = 'cifar10'" in note and "epochs = 3" in note
     assert "8x8 digit" not in note  # the smoke profile's description would be false here
-    book.check_notebook_parameters("baseline", _namespace())
+    profiles.check_notebook_parameters("baseline", _namespace())
     note = str(present.profile_note("smoke"))
     assert "`smoke`** profile" in note and "wiring check, not evidence" in note
 
@@ -100,7 +103,7 @@ def test_training_cost_sums_recorded_seconds(tmp_path):
         (tmp_path / name).mkdir()
         (tmp_path / name / "config.json").write_text(json.dumps({"config": {"method": method}}))
         (tmp_path / name / "final.json").write_text(json.dumps({"seconds": seconds}))
-    text = book.training_cost(tmp_path)
+    text = make.training_cost(tmp_path)
     assert text.startswith("Training cost: 3 runs recorded 2.2 min")
     assert "baseline 0.8 min (1 runs), one 1.5 min (2 runs)" in text
 

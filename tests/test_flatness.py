@@ -8,9 +8,10 @@ import pandas as pd
 import pytest
 import torch
 
-from cooplib import experiment, flatness, perturb, runs
-from cooplib.config import RunConfig
-from cooplib.flatness import _search
+from cooplib.engine import experiment, runs
+from cooplib.analysis import flatness, perturb
+from cooplib.engine.config import RunConfig
+from cooplib.analysis.flatness import _search
 from test_perturb import Scalar  # logits [w x, 0]: one parameter
 
 

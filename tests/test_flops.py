@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cooplib.flops import cost, count_flops, count_params
+from cooplib.models.flops import cost, count_flops, count_params
 from cooplib.methods.base import Learner
 from cooplib.models import build
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from cooplib.gradratio import GradientRatio, per_tensor_param_groups
+from cooplib.engine.gradratio import GradientRatio, per_tensor_param_groups
 from cooplib.methods.base import TrainState
 
 
@@ -94,7 +94,7 @@ def _one():
 
 
 def test_the_gate_bias_before_batchnorm_has_no_gradient_and_is_excluded():
-    from cooplib.gradratio import exclusions
+    from cooplib.engine.gradratio import exclusions
 
     learner = _one().train()
     heads = learner(torch.randn(16, 3, 8, 8))
@@ -184,8 +184,8 @@ def test_ema_keeps_the_average_of_a_tensor_without_gradient():
 def test_the_run_config_reaches_the_scheduler_and_the_run_record(tmp_path):
     """grad_ratio_exclude / grad_ratio_ema pass from RunConfig to the scheduler; the run's
     records count the excluded tensor, and the defaults keep the old run names."""
-    from cooplib import experiment
-    from cooplib.config import RunConfig
+    from cooplib.engine import experiment
+    from cooplib.engine.config import RunConfig
 
     base = RunConfig(method="one", model="resnet8", dataset="digits", train_size=100, test_size=50, epochs=1,
                      schedule="constant", batch_size=50, lr=0.05, grad_ratio_lr=True, device="cpu", progress=False, tensorboard=False,

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from cooplib import experiment, runs, train
-from cooplib.config import RunConfig
-from cooplib.errors import RunDirError, RunLockedError
+from cooplib.engine import experiment, runs, train
+from cooplib.engine.config import RunConfig
+from cooplib.base.errors import RunDirError, RunLockedError
 
 EPOCHS = 2
 VICTIM = b'{"precious": "bytes outside the run directory"}\n'
@@ -198,10 +198,10 @@ def test_a_lost_commit_is_never_a_fresh_start_and_repair_rebuilds_it(quadrants_n
     before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
     (run_dir / runs.COMMIT).unlink()
     assert runs.main(["verify", str(run_dir)]) == 1
-    assert f"cooplib.runs repair {run_dir}" in capsys.readouterr().out
+    assert f"cooplib.engine.runs repair {run_dir}" in capsys.readouterr().out
     for op in (lambda: runs.load_runs([run_dir]), lambda: experiment.run(config(quadrants_npz), run_dir=run_dir)):
         with pytest.raises(RunDirError, match=r"commit.json is missing although the run holds committed files.*"
-                                              r"nothing was changed or deleted.*cooplib.runs repair"):
+                                              r"nothing was changed or deleted.*cooplib.engine.runs repair"):
             op()
     after = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and p.name != runs.LOCK}
     assert after == {k: v for k, v in before.items() if k != runs.COMMIT}  # nothing deleted, nothing retrained
@@ -234,7 +234,7 @@ def test_a_lost_commit_of_an_interrupted_run_is_rebuilt_and_the_run_resumes(quad
         experiment.run(config(quadrants_npz, epochs=EPOCHS + 1), run_dir=run_dir)
     monkeypatch.setattr(runs.RunDir, "commit_epoch", commit_epoch)
     (run_dir / runs.COMMIT).unlink()
-    with pytest.raises(RunDirError, match="cooplib.runs repair"):
+    with pytest.raises(RunDirError, match="cooplib.engine.runs repair"):
         experiment.run(config(quadrants_npz, epochs=EPOCHS + 1), run_dir=run_dir)
     (run_dir / f"model-{EPOCHS:04d}.safetensors").unlink()  # rebuilt from the checkpoint's weights
     assert runs.main(["repair", str(run_dir)]) == 0
@@ -430,7 +430,7 @@ def test_experiment_run_reuses_a_complete_run_on_a_read_only_root(quadrants_npz,
 
 HOLDER = r"""
 import sys, time
-from cooplib import runs
+from cooplib.engine import runs
 with runs.RunDir(sys.argv[1]).lock():
     print("locked", flush=True)
     time.sleep(float(sys.argv[2]))
@@ -470,8 +470,8 @@ def test_waiting_for_a_run_another_process_holds(tmp_path, capsys):
 def test_a_second_process_wanting_the_same_run_waits_and_reuses_it(quadrants_npz, tmp_path, capfd):
     cfg = config(quadrants_npz, epochs=1)
     run_dir = tmp_path / "run"
-    first = subprocess.Popen([sys.executable, "-c", "import json, sys\nfrom cooplib import experiment\n"
-                              "from cooplib.config import RunConfig\nfrom cooplib import runs\n"
+    first = subprocess.Popen([sys.executable, "-c", "import json, sys\nfrom cooplib.engine import experiment\n"
+                              "from cooplib.engine.config import RunConfig\nfrom cooplib.engine import runs\n"
                               "rd = runs.RunDir(sys.argv[2])\n"
                               "with rd.lock():\n    print('locked', flush=True)\n    import time; time.sleep(2)\n"
                               "experiment.run(RunConfig.from_dict(json.loads(sys.argv[1])), run_dir=sys.argv[2])\n",

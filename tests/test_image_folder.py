@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 
 from cooplib import data
-from cooplib.config import RunConfig
+from cooplib.engine.config import RunConfig
 from cooplib.data import Augment, DatasetNotFoundError
-from cooplib.errors import ConfigError
+from cooplib.base.errors import ConfigError
 
 CLASSES = ["cat", "ant", "bee"]  # written unsorted; labels follow the sorted names
 
@@ -300,7 +300,7 @@ def test_a_run_trains_from_an_image_folder_and_records_it(tmp_path):
     _build(root, hw=8, n_train=4, n_test=2)
     config = RunConfig(dataset="folder", dataset_args={"path": str(root)}, model="resnet8", epochs=1,
                        batch_size=4, schedule="constant", device="cpu", progress=False, tensorboard=False, seed=0)
-    from cooplib import experiment
+    from cooplib.engine import experiment
 
     res = experiment.run(config, tmp_path / "runs")
     assert res.run_dir.name.startswith("baseline-resnet8-folder-s0-")

@@ -4,13 +4,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cooplib import experiment, models, runs
-from cooplib.config import RunConfig
-from cooplib.errors import ConfigError
+from cooplib.engine import experiment, runs
+from cooplib import models
+from cooplib.engine.config import RunConfig
+from cooplib.base.errors import ConfigError
 from cooplib.methods import build
 from cooplib.methods.base import TrainState
-from cooplib.methods.kd import PUBLISHED_WEIGHT, Distill, assign_teachers
-from cooplib.taps import Taps, collect
+from cooplib.engine.zoo import assign_teachers
+from cooplib.methods.kd import PUBLISHED_WEIGHT, Distill
+from cooplib.models.taps import Taps, collect
 
 STATE = TrainState(epoch=0, epochs=1, step=0, steps_per_epoch=1)
 BASE = RunConfig(method="baseline", dataset="digits", model="resnet8", epochs=3, batch_size=64, lr=0.1,

@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from cooplib.errors import ConfigError
-from cooplib.flops import count_params
+from cooplib.base.errors import ConfigError
+from cooplib.models.flops import count_params
 from cooplib.models import BasicBlock, Bottleneck, CifarResNet, build, names
 
 

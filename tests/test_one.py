@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from cooplib import losses
-from cooplib.flops import cost, count_params
+from cooplib.models.flops import cost, count_params
 from cooplib.methods.base import TrainState
 from cooplib.methods.one import ONE, build_one, sigmoid_ramp
 from cooplib.models import CifarResNet, build

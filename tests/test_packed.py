@@ -7,8 +7,10 @@ import copy
 import pytest
 import torch
 
-from cooplib import flops, methods, train
-from cooplib.config import RunConfig
+from cooplib.models import flops
+from cooplib import methods
+from cooplib.engine import train
+from cooplib.engine.config import RunConfig
 from cooplib.methods.base import Learner, TrainState
 from cooplib.methods.dml import DML, build_dml
 from cooplib.methods.one import ONE, build_one

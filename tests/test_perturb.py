@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cooplib import metrics, perturb
+from cooplib.engine import metrics
+from cooplib.analysis import perturb
 
 
 

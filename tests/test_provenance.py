@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from cooplib import data as datasets
-from cooplib import experiment, methods, runs, train
-from cooplib.config import RunConfig
-from cooplib.errors import ConfigError, RunDirError
+from cooplib.engine import experiment, runs, train
+from cooplib import methods
+from cooplib.engine.config import RunConfig
+from cooplib.base.errors import ConfigError, RunDirError
 
 from conftest import quadrants
 

@@ -1,7 +1,7 @@
 """Every published number says exactly where it comes from (issue: "evidence that holds")."""
 import re
 
-from cooplib import published
+from cooplib.report import published
 
 
 def _entries():

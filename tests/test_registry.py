@@ -9,9 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from cooplib import data, errors, losses, methods, models, registry, train
-from cooplib.config import RunConfig
-from cooplib.errors import ConfigError
+from cooplib import data, losses, methods, models
+from cooplib.base import errors, registry
+from cooplib.engine import train
+from cooplib.engine.config import RunConfig
+from cooplib.base.errors import ConfigError
 from cooplib.methods.base import Learner
 
 

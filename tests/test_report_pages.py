@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cooplib import findings
+from cooplib.report import findings
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cooplib import represent
+from cooplib.analysis import represent
 
 
 def gauss(n, d, seed=0):

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from cooplib import experiment, runs, train
-from cooplib.config import RunConfig
-from cooplib.errors import DivergedError, RunDirError, RunLockedError
+from cooplib.engine import experiment, runs, train
+from cooplib.engine.config import RunConfig
+from cooplib.base.errors import DivergedError, RunDirError, RunLockedError
 from cooplib.methods import Baseline
 from cooplib.models import build
 
@@ -70,8 +70,8 @@ from pathlib import Path
 import torch
 torch.set_num_threads(1)
 from fnmatch import fnmatch
-from cooplib import experiment, runs
-from cooplib.config import RunConfig
+from cooplib.engine import experiment, runs
+from cooplib.engine.config import RunConfig
 
 cfg = RunConfig.from_dict(json.loads(sys.argv[1]))
 run_dir, pattern, target, partial = Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5] == "1"
@@ -151,7 +151,7 @@ def test_damaged_checkpoint_metrics_and_weights_are_detected_and_named(quadrants
     ckpt = run.file_path("checkpoint")
     pristine = ckpt.read_bytes()
     _flip_byte(ckpt, len(pristine) - 2000)
-    with pytest.raises(RunDirError, match=rf"{ckpt.name} does not match the checksum.*cooplib.runs reset"):
+    with pytest.raises(RunDirError, match=rf"{ckpt.name} does not match the checksum.*cooplib.engine.runs reset"):
         experiment.run(cfg, run_dir=cut)
     ckpt.write_bytes(pristine)
     # the last line of metrics.jsonl removed, then a half line: named, with the repair command
@@ -159,7 +159,7 @@ def test_damaged_checkpoint_metrics_and_weights_are_detected_and_named(quadrants
     lines = metrics.read_bytes().splitlines(keepends=True)
     for damaged in (b"".join(lines[:-1]), b"".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2]):
         metrics.write_bytes(damaged)
-        with pytest.raises(RunDirError, match=r"metrics.jsonl is damaged: 2 epoch\(s\) were committed.*cooplib.runs repair"):
+        with pytest.raises(RunDirError, match=r"metrics.jsonl is damaged: 2 epoch\(s\) were committed.*cooplib.engine.runs repair"):
             experiment.run(cfg, run_dir=cut)
         with pytest.raises(RunDirError, match="metrics.jsonl is damaged"):
             runs.load_runs([cut])
@@ -194,7 +194,7 @@ def test_reset_moves_a_run_aside_so_that_it_retrains(quadrants_npz, tmp_path):
 
 HOLDER = r"""
 import sys, time
-from cooplib import runs
+from cooplib.engine import runs
 with runs.RunDir(sys.argv[1]).lock():
     print("locked", flush=True)
     time.sleep(120)
@@ -297,6 +297,6 @@ def test_a_run_directory_of_the_older_layout_is_left_alone(quadrants_npz, tmp_pa
     runs.write_json(run_dir / runs.CONFIG, {"config": cfg.to_dict()})
     (run_dir / "status.json").write_text('{"state": "complete"}')
     (run_dir / runs.FINAL).write_text("{}")
-    with pytest.raises(RunDirError, match="older cooplib .*cooplib.runs reset"):
+    with pytest.raises(RunDirError, match="older cooplib .*cooplib.engine.runs reset"):
         experiment.run(cfg, run_dir=run_dir)
     assert (run_dir / runs.FINAL).exists()

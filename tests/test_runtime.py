@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cooplib import runtime
-from cooplib.config import RunConfig
-from cooplib.errors import ConfigError
+from cooplib.engine import runtime
+from cooplib.engine.config import RunConfig
+from cooplib.base.errors import ConfigError
 
 CPU, CUDA, MPS = torch.device("cpu"), torch.device("cuda"), torch.device("mps")
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from cooplib import experiment, runs, train
-from cooplib.config import RunConfig
-from cooplib.errors import CooplibError, RunDirError
+from cooplib.engine import experiment, runs, train
+from cooplib.engine.config import RunConfig
+from cooplib.base.errors import CooplibError, RunDirError
 from cooplib.methods import Baseline
 from cooplib.models import build
 
@@ -91,8 +91,8 @@ def test_disk_full_names_the_file_the_run_and_how_to_resume(tiny_data, tmp_path,
 TERMINATED_RUN = """
 import sys, json, time, torch
 torch.set_num_threads(1)
-from cooplib import experiment, train
-from cooplib.config import RunConfig
+from cooplib.engine import experiment, train
+from cooplib.engine.config import RunConfig
 real = train._stop_if_diverged
 def slow(*a):  # a slower epoch, so that the signal lands mid-run
     time.sleep(0.3)
@@ -118,7 +118,7 @@ def test_sigterm_ends_with_one_line_and_resumes_identical(quadrants_npz, tmp_pat
     assert 2 <= done < cfg.epochs, f"the run must be stopped mid-way for this test to mean anything ({err[-500:]})"
     assert proc.returncode != 0
     last = err.strip().splitlines()[-1]
-    assert last == (f"cooplib.train.RunInterrupted: interrupted (SIGTERM) after epoch {done} of 8 of {cut}: "
+    assert last == (f"cooplib.engine.train.RunInterrupted: interrupted (SIGTERM) after epoch {done} of 8 of {cut}: "
                     f"re-run the same call to resume from the end of epoch {done}")
     assert runs.RunDir(cut).state == "running" and not runs.RunDir(cut).verify()
     experiment.run(cfg, run_dir=tmp_path / "ref")

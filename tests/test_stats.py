@@ -1,4 +1,4 @@
-"""cooplib.stats by hand: zero spread, floors, confounds, convergence, design checks."""
+"""cooplib.base.stats by hand: zero spread, floors, confounds, convergence, design checks."""
 import dataclasses
 import math
 
@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from cooplib import stats
-from cooplib.errors import ConfigError
+from cooplib.base import stats
+from cooplib.base.errors import ConfigError
 
 
 # ---------------------------------------------------------------- zero spread and floors
@@ -114,9 +114,9 @@ def test_verdict_sentence_ends_with_confounds_after_caveats():
 
 
 def test_run_config_fields_are_the_run_configs():
-    from cooplib.config import RunConfig
+    from cooplib.engine.config import RunConfig
 
-    from cooplib.config import LATER_DEFAULTS
+    from cooplib.engine.config import LATER_DEFAULTS
 
     assert set(stats.RUN_CONFIG_FIELDS) == {f.name for f in dataclasses.fields(RunConfig)}
     assert stats.LATER_DEFAULTS == LATER_DEFAULTS

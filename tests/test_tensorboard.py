@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from cooplib import experiment, runs, train
-from cooplib.config import RunConfig
+from cooplib.engine import experiment, runs, train
+from cooplib.engine.config import RunConfig
 from cooplib.methods import Baseline
 from cooplib.models import build
 
@@ -178,7 +178,7 @@ def test_resumed_run_records_its_session_once(tmp_path):
 
 
 def test_runs_trained_without_hparams_get_them_added(tmp_path, capsys):
-    from cooplib import tensorboard_log
+    from cooplib.engine import tensorboard_log
 
     run_dir = experiment.run(tiny(epochs=1, train_size=100, tensorboard=False), tmp_path).run_dir
     assert not (run_dir / runs.EVENTS).exists()

@@ -13,9 +13,10 @@ import pytest
 import torch
 from torch import nn
 
-from cooplib import losses, metrics, optim, runs, runtime, train
-from cooplib.config import RunConfig
-from cooplib.errors import DivergedError, RunDirError
+from cooplib import losses
+from cooplib.engine import metrics, optim, runs, runtime, train
+from cooplib.engine.config import RunConfig
+from cooplib.base.errors import DivergedError, RunDirError
 from cooplib.methods import Baseline
 from cooplib.methods.base import Learner
 from cooplib.models import build
@@ -164,8 +165,8 @@ def test_run_from_before_the_record_resumes_in_fp32(tiny_data, tmp_path, one_thr
 KILLED_RUN = """
 import sys, torch
 torch.set_num_threads(1)
-from cooplib import experiment
-from cooplib.config import RunConfig
+from cooplib.engine import experiment
+from cooplib.engine.config import RunConfig
 cfg = RunConfig.from_dict(__import__('json').loads(sys.argv[1]))
 experiment.run(cfg, run_dir=sys.argv[2])
 """
@@ -174,7 +175,7 @@ experiment.run(cfg, run_dir=sys.argv[2])
 @pytest.mark.slow
 def test_run_killed_with_sigkill_resumes_to_the_same_result(tmp_path, one_thread):
     cfg = RunConfig(model="resnet8", dataset="digits", epochs=8, batch_size=64, lr=0.05, deterministic=True, **QUIET)
-    from cooplib import experiment
+    from cooplib.engine import experiment
 
     ref = experiment.run(cfg, run_dir=tmp_path / "ref")
     cut = tmp_path / "cut"
@@ -246,7 +247,7 @@ def test_corrupt_checkpoint_is_a_clear_error(tiny_data, tmp_path):
     path = runs.RunDir(run_dir).file_path("checkpoint")
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     metrics = (run_dir / runs.METRICS).read_bytes()
-    with pytest.raises(RunDirError, match=r"checkpoint-0001.pt does not match the checksum.*cooplib.runs reset"):
+    with pytest.raises(RunDirError, match=r"checkpoint-0001.pt does not match the checksum.*cooplib.engine.runs reset"):
         train.fit(baseline(tiny_data), tiny_data, small_config(epochs=3), run_dir)
     assert (run_dir / runs.METRICS).read_bytes() == metrics
 

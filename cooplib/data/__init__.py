@@ -1,4 +1,5 @@
 """Datasets as uint8 tensors by name, and a batch iterator that augments on the device.
+May import cooplib.base only (not models, losses or anything above).
 
 ``load(name, root, download, **options)`` returns an :class:`ImageData` holding the
 whole dataset as uint8 NCHW tensors on the CPU; :class:`DeviceLoader` (loader.py) turns
@@ -19,7 +20,7 @@ import json
 import os
 from pathlib import Path
 
-from ..registry import DATASETS
+from ..base.registry import DATASETS
 from . import cifar, digits, fashion_mnist, folder, npz, svhn, tinyimagenet  # noqa: F401  (they register)
 from .core import Augment, DatasetNotFoundError, ImageData
 from .fashion_mnist import read_idx

@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ..errors import ConfigError, DatasetNotFoundError
+from ..base.errors import ConfigError, DatasetNotFoundError
 
 __all__ = ["Augment", "DatasetNotFoundError", "ImageData", "channel_stats", "from_arrays",
            "not_found", "stratified_indices", "try_download"]

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..registry import DATASETS
+from ..base.registry import DATASETS
 from .core import Augment, ImageData, from_arrays, stratified_indices
 
 @DATASETS.register("digits")

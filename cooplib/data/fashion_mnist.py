@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..registry import DATASETS
+from ..base.registry import DATASETS
 from .core import Augment, DatasetNotFoundError, ImageData, from_arrays, not_found, try_download
 
 _URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"

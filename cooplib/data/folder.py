@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ConfigError
-from ..registry import DATASETS
+from ..base.errors import ConfigError
+from ..base.registry import DATASETS
 from .core import Augment, DatasetNotFoundError, ImageData, channel_stats, from_arrays
 
 __all__ = ["IMAGE_EXTENSIONS", "folder"]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..registry import DATASETS
+from ..base.registry import DATASETS
 from .core import Augment, DatasetNotFoundError, ImageData, from_arrays
 
 def _to_nchw(a: np.ndarray, what: str) -> np.ndarray:

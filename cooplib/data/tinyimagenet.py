@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..registry import DATASETS
+from ..base.registry import DATASETS
 from .core import Augment, DatasetNotFoundError, ImageData, from_arrays, not_found, try_download
 
 _URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"

@@ -1,12 +1,13 @@
 """Learners by name: `build(method, model, num_classes, in_channels, **options)`.
+May import cooplib.models, data, losses and base; never the engine (a teacher run arrives through `kd.use_teacher_loader`).
 
-A method is a Learner (heads + loss); all of them train with `cooplib.train.fit`. Each
+A method is a Learner (heads + loss); all of them train with `cooplib.engine.train.fit`. Each
 method's file defines its Learner and registers a factory with `@METHODS.register(name)`
 (see book/adding_a_method.md); importing the file here is what makes the name known.
 """
 from __future__ import annotations
 
-from ..registry import METHODS
+from ..base.registry import METHODS
 from .base import Learner, TrainState
 from .baseline import Baseline
 from .dml import DML

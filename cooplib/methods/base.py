@@ -70,7 +70,7 @@ class Learner(nn.Module):
     def gradient_ratio_exclusions(self) -> list[nn.Parameter]:
         """Parameters whose gradient carries no signal (e.g. a bias right before a
         BatchNorm): the gradient-ratio scheduler leaves them at the schedule's lr
-        (`cooplib.gradratio`, `exclude="pre_bn"`). Default: none."""
+        (`cooplib.engine.gradratio`, `exclude="pre_bn"`). Default: none."""
         return []
 
     def last_layer_parameters(self) -> list[nn.Parameter]:

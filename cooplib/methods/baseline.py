@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from .. import losses, models
-from ..registry import METHODS
+from ..base.registry import METHODS
 from .base import Learner, TrainState
 
 

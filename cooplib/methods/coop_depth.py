@@ -49,10 +49,10 @@ import torch
 from torch import nn
 
 from .. import losses, models
-from ..errors import ConfigError, suggest
+from ..base.errors import ConfigError, suggest
 from ..models import depth
 from ..models.resnet import Shortcut
-from ..registry import METHODS
+from ..base.registry import METHODS
 from .base import Learner, TrainState
 
 WEIGHTINGS = ("sfsl", "normalised", "uniform")

@@ -41,7 +41,7 @@ from torch import nn
 
 from .. import losses, models
 from ..models import packed as packing
-from ..registry import METHODS
+from ..base.registry import METHODS
 from .base import Learner, TrainState
 
 UPDATES = ("joint", "sequential")

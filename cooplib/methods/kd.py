@@ -2,7 +2,7 @@
 
 One Learner, `Distill`, holds the student network, the teacher and the method's adapters;
 each method is one loss term (`cooplib.losses`) on named features read by forward hooks
-(`cooplib.taps`), so neither network is edited. Registered methods (keyword-only options):
+(`cooplib.models.taps`), so neither network is edited. Registered methods (keyword-only options):
 
 =========  ================================  ===============================================
 name       term (cooplib.losses)             features; published weight beta
@@ -36,7 +36,7 @@ of the convention above; ``torchdistill_kd`` below states the mapping.
 The teacher: ``teacher=<run dir>`` of a complete run of any method, trained on the
 student's dataset (same name, class count and input channels: anything else is a
 `ConfigError` naming both before training), rebuilt through
-`cooplib.experiment.load_learner` (safetensors, checksummed), its deployed network kept
+`cooplib.engine.experiment.load_learner` (safetensors, checksummed), its deployed network kept
 frozen: ``requires_grad=False``, eval-mode BatchNorm whatever ``train()`` is called with,
 forward under ``no_grad``, and only in training (evaluation never runs it). Its weights
 are part of the student's state dict (so a student run reloads strictly) but never get a
@@ -49,7 +49,7 @@ named ``term/head`` as in every method: ``ce/net``, ``kd/net``, ``at/net``, ...
 The student's run records its teacher's identity when it starts (config.json
 ``provenance.teacher``: run name and path, the sha256 of the teacher's last weights as
 its commit.json holds it, its dataset, classes, channels, method, model and test top-1;
-`cooplib.experiment.run_identity`). Resuming after the teacher changed is an error
+`cooplib.engine.experiment.run_identity`). Resuming after the teacher changed is an error
 before training. A complete student is its own record: `experiment.load_learner` builds
 it with an untrained teacher of the recorded shape (`recorded_teacher`) and loads the
 student's weights (which hold the teacher's), so it loads with the teacher moved or gone.
@@ -77,16 +77,15 @@ import os
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
-import pandas as pd
 import torch
 from torch import nn
 
 from .. import losses, models
-from ..errors import ConfigError
-from ..registry import METHODS
-from ..taps import Taps
+from ..base.errors import ConfigError
+from ..base.registry import METHODS
+from ..models.taps import Taps
 from .base import Learner, TrainState
 
 CONVENTIONS = ("repdistiller", "seed")
@@ -286,22 +285,25 @@ def teacher_mismatch(ident: dict, num_classes: int, in_channels: int, dataset: s
             f"Use a teacher trained on the student's dataset")
 
 
-def load_teacher(run_dir: str | Path, num_classes: int | None = None, in_channels: int | None = None,
-                 ) -> tuple[nn.Module, float]:
-    """The deployed network of a complete run and its last-epoch test top-1 (primary head).
-    With `num_classes`/`in_channels` (the student's), a teacher of other ones is refused."""
-    from .. import experiment, runs  # lazily: experiment imports methods
+#: (run reference, the student's classes, its input channels) -> (the teacher run's deployed
+#: network, its last-epoch test top-1): how a ``teacher=<run dir>`` becomes a network. The
+#: engine plugs it in (`cooplib.engine.experiment.load_teacher`): methods never read runs.
+TeacherLoader = Callable[[str, int, int], "tuple[nn.Module, float]"]
+_LOADER: list[TeacherLoader] = []
 
-    run = runs.RunDir(run_dir)
-    if run.state != "complete":
-        raise ConfigError(f"teacher={str(run_dir)!r} is not a complete run (status {run.state!r}); train it first")
-    if num_classes is not None and in_channels is not None:
-        why = teacher_mismatch(experiment.run_identity(run.path), num_classes, in_channels)
-        if why:
-            raise ConfigError(why)
-    final = run.final()
-    top1 = final["last"][f"test/{final['primary_head']}/top1"]
-    return experiment.load_learner(run.path, "last").deployable(), float(top1)
+
+def use_teacher_loader(load: TeacherLoader) -> None:
+    """Set how a teacher run reference is loaded (the engine calls this on import)."""
+    _LOADER[:] = [load]
+
+
+def load_teacher(run_dir: str | Path, num_classes: int, in_channels: int) -> tuple[nn.Module, float]:
+    """The teacher of ``teacher=run_dir``: its deployed network and test top-1, through the
+    loader the engine set (`use_teacher_loader`)."""
+    if not _LOADER:
+        raise ConfigError(f"teacher={str(run_dir)!r} is a run reference and no teacher loader is set: "
+                          f"import cooplib.engine.experiment (it loads teacher runs), or build through it")
+    return _LOADER[0](str(run_dir), num_classes, in_channels)
 
 
 #: the teacher identity `recorded_teacher` stands in for the teacher run (None: load the run)
@@ -356,77 +358,3 @@ def _factory(kind: str):
 
 for _kind in KINDS:
     METHODS.register(_kind)(_factory(_kind))
-
-
-# ---------------------------------------------------------------- teacher assignment
-
-ASSIGNMENTS = ("same", "matched", "all")
-
-
-def assign_teachers(student_seeds, teacher_seeds, mode: str = "same") -> list[tuple[int, int]]:
-    """(student seed, teacher seed) pairs.
-
-    - ``same``: every student seed distils from the first teacher seed (teacher quality
-      held fixed: the student's seed variance is its own);
-    - ``matched``: student seed s from teacher seed s (the seed experiment's design, which
-      confounds teacher quality with student seed);
-    - ``all``: every student seed against every teacher seed (crossed; separates the two).
-    """
-    students, teachers = list(student_seeds), list(teacher_seeds)
-    if not teachers:
-        raise ConfigError("teacher_seeds is empty: give at least one teacher seed, e.g. [0]")
-    if not students:
-        raise ConfigError("seeds (the student seeds) is empty: give at least one, e.g. [0, 1, 2]")
-    if mode == "same":
-        return [(s, teachers[0]) for s in students]
-    if mode == "matched":
-        missing = [s for s in students if s not in teachers]
-        if missing:
-            raise ConfigError(f"matched teachers need a teacher for every student seed; missing {missing}")
-        return [(s, s) for s in students]
-    if mode == "all":
-        return [(s, t) for t in teachers for s in students]
-    raise ConfigError(f"teacher assignment must be one of {ASSIGNMENTS}, got {mode!r}")
-
-
-# ---------------------------------------------------------------- the zoo's runs (for the notebooks)
-
-def run_zoo(base, *, teacher_model: str, student_model: str, methods, seeds, teacher_seeds, assignment: str = "same",
-            options: dict | None = None, teacher_options: dict | None = None, teacher_epochs: int | None = None,
-            out_dir=None, cluster=None):
-    """Train (or reuse: complete runs with the same config are not retrained) the teachers
-    (``baseline`` runs of `teacher_model`, one per teacher seed) and the students of every
-    method (`student_model`, seeds paired with teachers by `assign_teachers`), all from the
-    RunConfig `base` (teachers with `teacher_epochs` when given). Returns (finals, teacher_finals): `runs.load_runs` frames; finals has
-    ``teacher_seed`` (NaN for the pure student, which has no teacher) and ``teacher_run``.
-    `cluster` is where the runs execute (`experiment.run_all`'s: a Dask Client, cluster
-    object or spec; None: the running default client, else $COOPLIB_CLUSTER).
-    Every notebook that needs these runs calls this with the same arguments, so each one
-    runs alone and all of them share the run directories."""
-    from .. import experiment, runs  # lazily: experiment imports methods
-
-    options, teacher_options = dict(options or {}), dict(teacher_options or {})
-    teacher_base = base if teacher_epochs is None else base.replace(epochs=int(teacher_epochs))
-    teacher_cfgs = {t: teacher_base.replace(method="baseline", model=teacher_model, seed=t, method_args=teacher_options)
-                    for t in teacher_seeds}
-    teacher_dirs = dict(zip(teacher_cfgs, experiment.run_all(teacher_cfgs.values(), out_dir, cluster=cluster)))
-    pairs = assign_teachers(seeds, teacher_seeds, assignment)
-    configs, teacher_of = [], {}
-    for kind in methods:
-        if kind == "student":
-            student_pairs = [(s, None) for s in dict.fromkeys(s for s, _ in pairs)]
-        else:
-            student_pairs = pairs
-        for s, t in student_pairs:
-            args = {k: v for k, v in options.items() if kind != "student" or k in ("convention", "label_smoothing")}
-            if t is not None:
-                args["teacher"] = str(teacher_dirs[t])
-            config = base.replace(method=kind, model=student_model, seed=s, method_args=args)
-            configs.append(config)
-            teacher_of[config.run_name()] = t
-    dirs = experiment.run_all(configs, out_dir, cluster=cluster)
-    finals = runs.load_runs(dirs)
-    teachers = [teacher_of[name] for name in finals["run"]]
-    finals["teacher_seed"] = pd.array(teachers, dtype="Int64")
-    finals["teacher_run"] = [str(teacher_dirs[t]) if t is not None else "" for t in teachers]
-    return finals, runs.load_runs(list(teacher_dirs.values())).assign(teacher_seed=list(teacher_dirs))

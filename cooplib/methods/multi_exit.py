@@ -13,7 +13,7 @@ official code: the hint applies to every shallow exit.
 
 **Early exit** (BranchyNet / Shallow-Deep Networks style): the same exits trained by the
 joint weighted CE sum_i w_i CE(z_i, y); at test time a sample stops at the first exit
-whose confidence passes a threshold (``cooplib.adaptive.dynamic_exit``). Heads
+whose confidence passes a threshold (``cooplib.analysis.adaptive.dynamic_exit``). Heads
 ``linear`` (pool + fc, SDN's cheapest) or ``bottleneck``.
 
 Heads of both: ``exit1``, ``exit2``, ``exit3`` (exit3 is the full network, deployed).
@@ -26,7 +26,7 @@ from torch import nn
 
 from .. import losses, models
 from ..models.depth import MultiExitResNet
-from ..registry import METHODS
+from ..base.registry import METHODS
 from .base import Learner, TrainState
 from .coop_depth import SHORTCUTS
 

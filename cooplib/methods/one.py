@@ -15,13 +15,13 @@ teacher, in the CE and the KL terms ("w/o gating"; the gate then gets no gradien
 
 ``init_from(parent)`` (used by ``RunConfig.init_from``) starts from a trained ONE
 network; when this one has more branches, it is the parent expanded by
-``cooplib.expand.expand_branches`` (``expand``, ``expand_noise``, ``expand_prior``) with
+``cooplib.models.expand.expand_branches`` (``expand``, ``expand_noise``, ``expand_prior``) with
 the momentum carried over likewise. The expansion is seeded with the torch seed in
 force when this learner was built (``experiment.build_learner`` seeds with
 ``config.seed``), so replicate runs differ and each is reproducible.
 
 After an expansion, ``expand_anneal`` > 0 moves the gate prior linearly from its value
-at the expansion to 0 over that many epochs (``cooplib.expand.annealed_prior``), so
+at the expansion to 0 over that many epochs (``cooplib.models.expand.annealed_prior``), so
 parked branches (``"fresh"``, ``"new_head"``: prior -10) become real members of the
 teacher and a duplicate group's shared weight grows; the function at the moment of
 expansion is unchanged (the prior starts where the expansion put it). The prior for the
@@ -30,7 +30,7 @@ steps per epoch), so a run resumed from a checkpoint continues the same schedule
 prior is a buffer of the state dict). 0, the default, keeps the prior fixed.
 
 ``diagnostics`` reports, every evaluation, each branch's mean gate weight and the
-pairwise disagreement and KL between branches (``cooplib.diversity``).
+pairwise disagreement and KL between branches (`branch_sums`; read back by ``cooplib.analysis.diversity``).
 
 ``ramp_epochs`` > 0 multiplies the KL term by the reference code's sigmoid ramp
 w(e) = exp(-5 (1 - e/ramp)^2) for e < ramp, 1 after (a README tip of
@@ -45,15 +45,16 @@ loop (see ``cooplib.models.packed``).
 """
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
 from torch import nn
 
-from .. import expand as _expand
 from .. import losses
+from ..base.registry import METHODS
+from ..models import expand as _expand
 from ..models.multibranch import MultiBranchResNet
-from ..registry import METHODS
 from .base import Learner, TrainState
 
 TEACHERS = ("gate", "average")
@@ -65,6 +66,34 @@ def sigmoid_ramp(epoch: int, ramp_epochs: int) -> float:
         return 1.0
     phase = 1.0 - max(0, epoch) / ramp_epochs
     return math.exp(-5.0 * phase * phase)
+
+
+def branch_sums(branch_logits: torch.Tensor, gate: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Per-batch *sums* over images of ONE's branch diagnostics (``metrics.evaluate``
+    divides by the image count; the terms are described, and read back from run records,
+    in `cooplib.analysis.diversity`): ``branch_logits`` (m, B, C), ``gate`` (B, m) or None.
+    A handful of batched kernels, no host synchronisation."""
+    z = branch_logits.float()
+    m = z.shape[0]
+    out: dict[str, torch.Tensor] = {}
+    if gate is not None:
+        g = gate.float().sum(0)
+        out.update({f"gate/branch{i}": g[i] for i in range(m)})
+    if m < 2:
+        return out
+    top = z.argmax(-1)  # (m, B)
+    logp = torch.log_softmax(z, -1)
+    p = logp.exp()
+    # cross[i, j] = sum_b sum_c p_i log p_j ; kl(i || j) = cross[i, i] - cross[i, j]
+    cross = torch.einsum("ibc,jbc->ij", p, logp)
+    ent = cross.diagonal()
+    kl = ent[:, None] - cross  # (m, m): sum over the batch of KL(p_i || p_j)
+    sym = 0.5 * (kl + kl.T)
+    differ = (top[:, None, :] != top[None, :, :]).float().sum(-1) * 100.0  # (m, m)
+    for i, j in itertools.combinations(range(m), 2):
+        out[f"disagree/branch{i}-branch{j}"] = differ[i, j]
+        out[f"kl/branch{i}-branch{j}"] = sym[i, j]
+    return out
 
 
 class ONE(Learner):
@@ -167,12 +196,10 @@ class ONE(Learner):
         self.net.gate_prior.copy_(_expand.annealed_prior(start, done, self.expand_anneal))
 
     def diagnostics(self, heads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Gate weight of every branch, pairwise disagreement and KL (``cooplib.diversity``)."""
-        from .. import diversity
-
+        """Gate weight of every branch, pairwise disagreement and KL (`branch_sums`)."""
         zs = torch.stack([heads[h] for h in self.branch_heads])
         gate = self.net.last_gate if self.teacher == "gate" else None
-        return diversity.branch_sums(zs, gate)
+        return branch_sums(zs, gate)
 
     def gradient_ratio_exclusions(self) -> list[nn.Parameter]:
         """The gate's bias (it sits right before the gate's BatchNorm)."""

@@ -17,7 +17,7 @@ from torch import nn
 
 from .. import losses, models
 from ..models import depth
-from ..registry import METHODS
+from ..base.registry import METHODS
 from .base import Learner, TrainState
 from .coop_depth import SHORTCUTS, StepDraw, head_name
 

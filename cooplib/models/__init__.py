@@ -1,4 +1,5 @@
-"""Networks by name: ``build(name, num_classes, in_channels, **options)`` and ``names()``.
+"""Networks by name (``build``, ``names``), feature taps, parameter/FLOP accounting and branch expansion.
+May import cooplib.base only (not data, losses or anything above).
 
 Each architecture file registers its names with ``@MODELS.register`` (resnet.py: the
 CIFAR ResNets ``resnet{6n+2}``, ``resnet112``, ``resnet110_bottleneck``, and their
@@ -10,7 +11,7 @@ from typing import Any
 
 from torch import nn
 
-from ..registry import MODELS
+from ..base.registry import MODELS
 from .resnet import BasicBlock, Bottleneck, CifarResNet
 
 __all__ = ["BasicBlock", "Bottleneck", "CifarResNet", "MODELS", "build", "names"]

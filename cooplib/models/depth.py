@@ -6,7 +6,7 @@ sub-networks are nested; ``spacing="even"`` keeps k evenly spaced ones. The firs
 of a stage (the one that changes stride and channels) is always kept; stem, final pool
 and classifier are shared by every depth. Because every stage keeps the same k blocks,
 a sub-network is exactly a plain ``CifarResNet`` with k blocks per stage (``export``),
-so its FLOPs are those of that network, counted by ``cooplib.flops``.
+so its FLOPs are those of that network, counted by ``cooplib.models.flops``.
 
 Distinct budgets: on a shallow network several factors keep the same blocks (on ResNet-8,
 one block per stage, every factor is the full network), so a "sub-network" can be the full
@@ -26,7 +26,7 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..base.errors import ConfigError
 from .resnet import Bottleneck, CifarResNet
 
 SPACINGS = ("first", "even")
@@ -207,7 +207,7 @@ def export(net: CifarResNet, factor: float, spacing: str = "first") -> CifarResN
 def factor_table(net: CifarResNet, factors: Iterable[float], input_shape: tuple[int, int, int],
                  spacing: str = "first") -> list[dict]:
     """Per factor: kept blocks per stage, depth and FLOPs / MACs of the exported sub-network."""
-    from ..flops import count_flops, count_params
+    from .flops import count_flops, count_params
 
     rows = []
     for s in factors:
@@ -328,7 +328,7 @@ class ExitPath(nn.Module):
 def exit_flops(multi: MultiExitResNet, input_shape: tuple[int, int, int]) -> list[dict]:
     """Per exit: trunk FLOPs, its head's FLOPs, the static cost (trunk + this head) and the
     dynamic cost (trunk + every head up to this one: what early exiting pays)."""
-    from ..flops import count_flops
+    from .flops import count_flops
 
     rows = []
     for i in range(multi.num_exits):

@@ -13,7 +13,7 @@ cooplib works, and branch 0 with the shared layers is initialised exactly as
 independently, as separate networks would be.
 
 ``gate_prior`` (a buffer, zeros by default) is an additive per-branch offset of the
-gate logits. The optimizer never changes it; branch expansion (``cooplib.expand``) uses
+gate logits. The optimizer never changes it; branch expansion (``cooplib.models.expand``) uses
 it so that an expanded network computes the same ensemble as the network it came from,
 and ONE's ``expand_anneal`` moves it back to 0 on a schedule.
 

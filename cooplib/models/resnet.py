@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
-from ..registry import MODELS
+from ..base.errors import ConfigError
+from ..base.registry import MODELS
 
 Shortcut = Literal["projection", "zeropad"]
 
