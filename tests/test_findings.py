@@ -98,6 +98,22 @@ def test_what_ran_comes_from_the_runs():
                                       "model resnet20; 15 epochs; seeds 0, 1, 2.")
 
 
+def test_a_page_says_how_many_runs_it_trained_and_how_many_it_reused(tmp_path):
+    import os
+
+    dirs = []
+    for name, when in (("old-a", 1000.0), ("old-b", 2000.0), ("new", 5000.0)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "commit.json").write_text("{}")
+        os.utime(tmp_path / name / "commit.json", (when, when))
+        dirs.append(str(tmp_path / name))
+    runs = pd.DataFrame({"run_dir": dirs + [dirs[0]]})  # a run listed twice counts once
+    assert present.trained_or_reused(runs, since=3000.0) == (
+        "This session trained 1 of these 3 runs and reused the other 2 (complete runs of the same configuration and data).")
+    assert present.trained_or_reused(runs, since=9000.0).startswith("All 3 runs were complete already and were reused")
+    assert present.trained_or_reused(runs, since=0.0) == "All 3 runs were trained in this session."
+
+
 def test_training_cost_sums_recorded_seconds(tmp_path):
     for name, method, seconds in (("a", "one", 60.0), ("b", "one", 30.0), ("c", "baseline", 45.0)):
         (tmp_path / name).mkdir()

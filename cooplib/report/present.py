@@ -204,6 +204,30 @@ def what_ran(runs: pd.DataFrame) -> str:
     return "What ran: " + "; ".join(parts) + "."
 
 
+#: when this module was first imported: a notebook imports it before its runs start, so a
+#: run whose commit record is newer was trained (or finished) by this kernel session
+SESSION_START = time.time()
+
+
+def trained_or_reused(runs: pd.DataFrame, since: float | None = None) -> str:
+    """How many of `runs` this session trained and how many it reused, from the time of each
+    run's last commit (`commit.json`) against `since` (default: this kernel's first import of
+    this module). Reuse means a complete run of the same configuration and data was found."""
+    if runs is None or len(runs) == 0 or "run_dir" not in runs:
+        return ""
+    from ..engine.runs import COMMIT
+
+    since = SESSION_START if since is None else since
+    dirs = list(dict.fromkeys(str(d) for d in runs["run_dir"]))
+    trained = sum(1 for d in dirs if (Path(d) / COMMIT).exists() and (Path(d) / COMMIT).stat().st_mtime >= since)
+    if trained == 0:
+        return f"All {len(dirs)} runs were complete already and were reused (same configuration and data), none retrained."
+    if trained == len(dirs):
+        return f"All {len(dirs)} runs were trained in this session."
+    return (f"This session trained {trained} of these {len(dirs)} runs and reused the other {len(dirs) - trained} "
+            f"(complete runs of the same configuration and data).")
+
+
 def profile_note(profile: str, runs: pd.DataFrame | None = None) -> Prose:
     """Where the page's numbers come from: the profile (or the parameters set by hand, when
     the notebook's parameters are not its profile's), and what ran, from the runs' records.
@@ -226,7 +250,7 @@ def profile_note(profile: str, runs: pd.DataFrame | None = None) -> Prose:
         description = " ".join(str(spec.get("description", "")).split())
         lines = [f"These numbers come from the **`{profile}`** profile" + (f": {description}" if description else ".")]
     if runs is not None:
-        lines.append(what_ran(runs))
+        lines.append(" ".join(filter(None, [what_ran(runs), trained_or_reused(runs)])))
     if spec.get("evidence", True) is False and not changed:
         published = [n for n in profiles.profile_names() if n != profile and profiles.load_profile(n).get("publish")]
         where = (f" The questions are answered by the real-data profile `{published[0]}`: its Findings page gathers "
