@@ -250,3 +250,13 @@ def report_mean(*values):
     from cooplib.report.tables import mean_std
 
     return mean_std(pd.Series([float(v) for v in values]))
+
+
+def test_notebooks_run_on_ipc_kernels_without_the_tcp_warning(tmp_path, capfd):
+    """The book's kernels listen on IPC sockets: no port, and no unencrypted-TCP warning per notebook."""
+    nbformat = pytest.importorskip("nbformat")
+    source = tmp_path / "a.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(6 * 7)")]), source)
+    make.run_notebook(source, tmp_path / "b.ipynb")
+    assert nbformat.read(tmp_path / "b.ipynb", as_version=4).cells[0].outputs[0]["text"] == "42\n"
+    assert "without encryption" not in capfd.readouterr().err

@@ -78,6 +78,21 @@ def execute(profile_name: str, only: list[str] | None = None, runs_dir: str | Pa
     return failures
 
 
+def run_notebook(source: Path, output: Path, parameters: dict | None = None) -> None:
+    """papermill in the notebooks' folder, the kernel on IPC sockets: a local kernel needs no
+    TCP port, and ipykernel warns about unencrypted TCP once per notebook otherwise."""
+    import papermill
+    from jupyter_client.manager import KernelManager
+
+    class IPCKernelManager(KernelManager):
+        def __init__(self, **kwargs):
+            kwargs.setdefault("transport", "ipc")  # sockets beside the kernel's connection file
+            super().__init__(**kwargs)
+
+    papermill.execute_notebook(str(source), str(output), parameters=parameters or {}, cwd=str(NOTEBOOKS),
+                               kernel_name="python3", progress_bar=False, kernel_manager_class=IPCKernelManager)
+
+
 def _execute_one(profile: str, nb: str, parameters: dict, output: Path) -> tuple[str, str | None, float]:
     """Execute one notebook into `output`; return (name, why it failed or None, seconds)."""
     import papermill
@@ -86,8 +101,7 @@ def _execute_one(profile: str, nb: str, parameters: dict, output: Path) -> tuple
     t0 = time.perf_counter()
     why = None
     try:
-        papermill.execute_notebook(str(NOTEBOOKS / f"{nb}.ipynb"), str(output), parameters=parameters,
-                                   cwd=str(NOTEBOOKS), kernel_name="python3", progress_bar=False)
+        run_notebook(NOTEBOOKS / f"{nb}.ipynb", output, parameters)
     except papermill.PapermillExecutionError as exc:
         last = (exc.evalue or "").strip().splitlines()[-1:] or [""]
         why = f"In [{exc.exec_count}]: {exc.ename}: {last[0]}"
@@ -298,8 +312,6 @@ def _toc_chapters() -> list[dict]:
 
 def reference(only: list[str] | None = None) -> None:
     """Re-execute notebooks/ in place with their defaults (= the smoke profile) for nbval."""
-    import papermill
-
     names = only or [p.stem for p in sorted(NOTEBOOKS.glob("*.ipynb"))]
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["COOPLIB_RUNS_DIR"] = tmp
@@ -308,7 +320,7 @@ def reference(only: list[str] | None = None) -> None:
         for nb in names:
             path = NOTEBOOKS / f"{nb}.ipynb"
             print(f"[cooplib.book] reference outputs for {path.relative_to(REPO_ROOT)}", flush=True)
-            papermill.execute_notebook(str(path), str(path), cwd=str(NOTEBOOKS), kernel_name="python3", progress_bar=False)
+            run_notebook(path, path)
 
 
 def main(argv: list[str] | None = None) -> int:
