@@ -49,3 +49,19 @@ def test_load_learner_reproduces_the_recorded_test_accuracy(npz_config, tmp_path
     loader = DeviceLoader(data.x_test, data.y_test, 64, device=torch.device("cpu"), mean=data.mean, std=data.std)
     out = metrics.evaluate(learner, loader, None, torch.device("cpu"))
     assert out["net/top1"] == pytest.approx(res.final["last"]["test/net/top1"])
+
+
+def test_the_book_log_has_one_line_per_run_trained_or_reused(npz_config, tmp_path, monkeypatch, capfd):
+    """With $COOPLIB_RUN_LOG=1 (set by the book) each finished run prints one line on the
+    process's own stderr (a kernel's is the terminal's): its name, trained or reused, epochs."""
+    monkeypatch.setenv(experiment.RUN_LOG, "1")
+    name = npz_config.run_name()
+    experiment.run(npz_config, tmp_path)
+    experiment.run(npz_config, tmp_path)
+    lines = [l for l in capfd.readouterr().err.splitlines() if l.startswith("[cooplib] ")]
+    epochs = npz_config.epochs
+    assert [l.split(",")[0] for l in lines] == [f"[cooplib] {name}: trained", f"[cooplib] {name}: reused"]
+    assert all(f", {epochs} epochs, " in l for l in lines)
+    monkeypatch.delenv(experiment.RUN_LOG)
+    experiment.run(npz_config, tmp_path)
+    assert "[cooplib] " not in capfd.readouterr().err

@@ -49,7 +49,11 @@ def execute(profile_name: str, only: list[str] | None = None, runs_dir: str | Pa
     the failures, {notebook: "In [n]: Error: message"} (empty when all succeeded).
     """
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from tqdm.auto import tqdm
+
+    from ..engine.experiment import RUN_LOG
 
     profile = load_profile(profile_name)
     plan = validate(profile, only)
@@ -66,11 +70,21 @@ def execute(profile_name: str, only: list[str] | None = None, runs_dir: str | Pa
     where = {"out_dir": str(out_root)} if runs_dir else {}
     params = {nb: {**p, "profile": profile["name"], **where} for nb, p in plan.items()}
     args = [(profile["name"], nb, params[nb], EXECUTED / f"{nb}.ipynb") for nb in plan]
+    os.environ[RUN_LOG] = "1"  # each kernel prints a line per finished run: trained or reused
+    bar = tqdm(total=len(args), desc=f"{profile['name']} notebooks", unit="nb", disable=None)  # None: off unless a terminal
+    results = []
     if jobs > 1:  # processes, not threads: papermill changes the process-wide working folder
         with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            results = list(pool.map(_execute_one, *zip(*args)))
+            for done in as_completed([pool.submit(_execute_one, *a) for a in args]):
+                results.append(done.result())
+                bar.update()
+        order = {a[1]: i for i, a in enumerate(args)}
+        results.sort(key=lambda r: order[r[0]])
     else:
-        results = [_execute_one(*a) for a in args]
+        for a in args:
+            results.append(_execute_one(*a))
+            bar.update()
+    bar.close()
     _write_build_info(profile, out_root, {nb: seconds for nb, _, seconds in results})
     failures = {nb: why for nb, why, _ in results if why}
     if profile.get("publish") and not failures and not only and not runs_dir:
@@ -79,18 +93,21 @@ def execute(profile_name: str, only: list[str] | None = None, runs_dir: str | Pa
 
 
 def run_notebook(source: Path, output: Path, parameters: dict | None = None) -> None:
-    """papermill in the notebooks' folder, the kernel on IPC sockets: a local kernel needs no
-    TCP port, and ipykernel warns about unencrypted TCP once per notebook otherwise."""
+    """papermill in the notebooks' folder, the kernel on IPC sockets in a folder of its own: a
+    local kernel needs no TCP port, and ipykernel warns about unencrypted TCP once per
+    notebook otherwise (kernels run side by side with --jobs, so each gets its own folder)."""
     import papermill
     from jupyter_client.manager import KernelManager
 
-    class IPCKernelManager(KernelManager):
-        def __init__(self, **kwargs):
-            kwargs.setdefault("transport", "ipc")  # sockets beside the kernel's connection file
-            super().__init__(**kwargs)
+    with tempfile.TemporaryDirectory(prefix="cooplib-kernel-") as sockets:
+        class IPCKernelManager(KernelManager):
+            def __init__(self, **kwargs):
+                kwargs.setdefault("transport", "ipc")
+                kwargs.setdefault("ip", os.path.join(sockets, "kernel"))
+                super().__init__(**kwargs)
 
-    papermill.execute_notebook(str(source), str(output), parameters=parameters or {}, cwd=str(NOTEBOOKS),
-                               kernel_name="python3", progress_bar=False, kernel_manager_class=IPCKernelManager)
+        papermill.execute_notebook(str(source), str(output), parameters=parameters or {}, cwd=str(NOTEBOOKS),
+                                   kernel_name="python3", progress_bar=False, kernel_manager_class=IPCKernelManager)
 
 
 def _execute_one(profile: str, nb: str, parameters: dict, output: Path) -> tuple[str, str | None, float]:

@@ -12,6 +12,8 @@ or be reused after one of them changed; a complete run is reused and loaded with
 from __future__ import annotations
 
 import os
+import sys
+import time
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Iterable
@@ -172,14 +174,30 @@ def run(config: RunConfig, out_dir: str | Path | None = None, *, run_dir: str | 
     return _train(config, load_data(config), target, resume, wait, wait_timeout)
 
 
+#: set to 1 (the book does) for one line per finished run on the process's own stderr,
+#: which a notebook kernel shares with the terminal that started the book
+RUN_LOG = "COOPLIB_RUN_LOG"
+
+
+def _log_run(target: Path, what: str, result: RunResult, seconds: float) -> None:
+    if os.environ.get(RUN_LOG) != "1":
+        return
+    epochs = (result.final or {}).get("epochs_done", "?")
+    print(f"[cooplib] {Path(target).name}: {what}, {epochs} epochs, {seconds:.1f} s", file=sys.__stderr__, flush=True)
+
+
 def _train(config: RunConfig, data: datasets.ImageData, target: Path, resume: bool = True,
            wait: bool | None = None, wait_timeout: float | None = None) -> RunResult:
+    t0 = time.perf_counter()
     done = _reuse(config, data, Path(target), resume)
     if done is not None:  # complete: neither its teacher nor its parent is needed
+        _log_run(target, "reused", done, time.perf_counter() - t0)
         return done
     learner, opt_state, provenance = _build_learner(config, data)
-    return fit(learner, data, config, target, resume=resume, initial_optimizer_state=opt_state, provenance=provenance,
-               wait=wait, wait_timeout=wait_timeout)
+    result = fit(learner, data, config, target, resume=resume, initial_optimizer_state=opt_state, provenance=provenance,
+                 wait=wait, wait_timeout=wait_timeout)
+    _log_run(target, "trained", result, time.perf_counter() - t0)
+    return result
 
 
 def _reuse(config: RunConfig, data: datasets.ImageData, target: Path, resume: bool) -> RunResult | None:
