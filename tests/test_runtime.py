@@ -63,3 +63,15 @@ def test_resolve_new_recorded_and_legacy_runs(monkeypatch):
     assert (legacy["precision"], legacy["channels_last"]) == ("fp32", False)
     assert runtime.resolve(cfg.replace(precision="bf16"), CPU, started=True)["precision"] == "bf16"
     assert runtime.resolved_dtype(new) is torch.bfloat16 and runtime.resolved_dtype(legacy) is None
+
+
+def test_recorded_versions_do_not_import_torchvision():
+    """Every run records torchvision's version; reading it must not cost each kernel the 3 s import."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from cooplib.engine import runtime; v = runtime.versions(); "
+            "assert 'torchvision' not in sys.modules; import torchvision; "
+            "assert v['torchvision'] == torchvision.__version__, v; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "ok", out.stderr

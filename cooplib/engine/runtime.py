@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import platform
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator
 
 import torch
@@ -172,17 +173,32 @@ def set_rng_state(state: dict, device: torch.device) -> None:
 
 
 def versions() -> dict:
-    import torchvision
-
+    """Recorded in every run."""
     from .. import __version__
 
     return {
         "cooplib": __version__,
         "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
+        "torchvision": _torchvision_version(),
         "cuda": torch.version.cuda,
         "python": platform.python_version(),
     }
+
+
+def _torchvision_version() -> str | None:
+    """torchvision's version string without importing it when nothing has: the import costs
+    3 s (it loads torch._dynamo), paid by every notebook kernel only to record a version."""
+    import importlib.util
+    import re
+    import sys
+
+    if "torchvision" in sys.modules:
+        return sys.modules["torchvision"].__version__
+    spec = importlib.util.find_spec("torchvision")
+    if spec is None or spec.origin is None:
+        return None
+    found = re.search(r"^__version__ = ['\"]([^'\"]+)['\"]", (Path(spec.origin).parent / "version.py").read_text(), re.M)
+    return found.group(1) if found else None
 
 
 def device_name(device: torch.device) -> str:
