@@ -53,8 +53,6 @@ def execute(profile_name: str, only: list[str] | None = None, runs_dir: str | Pa
 
     from tqdm.auto import tqdm
 
-    from ..engine.experiment import RUN_LOG
-
     profile = load_profile(profile_name)
     plan = validate(profile, only)
     out_root = Path(runs_dir).resolve() if runs_dir else runs_dir_for(profile)
@@ -70,7 +68,6 @@ def execute(profile_name: str, only: list[str] | None = None, runs_dir: str | Pa
     where = {"out_dir": str(out_root)} if runs_dir else {}
     params = {nb: {**p, "profile": profile["name"], **where} for nb, p in plan.items()}
     args = [(profile["name"], nb, params[nb], EXECUTED / f"{nb}.ipynb") for nb in plan]
-    os.environ[RUN_LOG] = "1"  # each kernel prints a line per finished run: trained or reused
     bar = tqdm(total=len(args), desc=f"{profile['name']} notebooks", unit="nb", disable=None)  # None: off unless a terminal
     results = []
     if jobs > 1:  # processes, not threads: papermill changes the process-wide working folder

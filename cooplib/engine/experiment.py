@@ -174,8 +174,8 @@ def run(config: RunConfig, out_dir: str | Path | None = None, *, run_dir: str | 
     return _train(config, load_data(config), target, resume, wait, wait_timeout)
 
 
-#: set to 1 (the book does) for one line per finished run on the process's own stderr,
-#: which a notebook kernel shares with the terminal that started the book
+#: set to 1 for one line per finished run on the process's stderr (a script's terminal). The
+#: book does not set it: a notebook kernel forwards even that stderr into the notebook.
 RUN_LOG = "COOPLIB_RUN_LOG"
 
 
