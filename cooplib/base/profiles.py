@@ -156,8 +156,9 @@ def validate(profile: dict, only: list[str] | None = None) -> dict[str, dict]:
                     f"profile {profile['name']!r}, notebook {nb!r}: unknown parameter {key!r}{suggest(key, declared)}; "
                     f"the notebook declares: {', '.join(declared)}"
                 )
-            if key == CLUSTER and params[key] is not None and _cluster_problem(params[key]):
-                raise ConfigError(f"profile {profile['name']!r}, notebook {nb!r}: {_cluster_problem(params[key])}")
+            why = _cluster_problem(params[key]) if key == CLUSTER and params[key] is not None else None
+            if why:
+                raise ConfigError(f"profile {profile['name']!r}, notebook {nb!r}: {why}")
             problem = type_mismatch(params[key], declared[key])
             if problem:
                 raise ConfigError(f"profile {profile['name']!r}, notebook {nb!r}: {key} {problem}")

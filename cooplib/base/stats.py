@@ -3,8 +3,8 @@
 Why one module: a chapter states a direction only through `decide`, so the rules that
 make a claim carry (or not carry) live in one place, are pure functions on numbers,
 dicts and frames (nothing here reads a run directory or trains), and are tested by hand.
-`cooplib.report` builds its tables on them and re-exports `CONFIDENCE`, `t_interval`,
-`Verdict` and `decide`.
+`cooplib.report.tables` builds the chapters' tables on them; notebooks call
+`stats.decide` themselves.
 
 **Verdicts.** On the claim "B is better than A" (difference = B - A, positive = the
 claim's direction), at confidence c (95 % unless asked) over n replicates, from the
