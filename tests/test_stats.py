@@ -167,6 +167,15 @@ def test_convergence_slope_is_polyfit_over_the_last_quarter():
         stats.convergence(_metrics(train, test, "net"), "peer0")
 
 
+def test_convergence_slope_reads_every_epoch_when_the_test_set_is_evaluated_sparsely():
+    train = np.array([30, 25, 21, 18, 16, 15, 14, 13.5])
+    test = np.array([32, np.nan, np.nan, 20, np.nan, np.nan, np.nan, 17.0])  # eval_every=4: epochs 4 and 8 (+ 1)
+    c = stats.convergence(_metrics(train, test), "net")
+    assert c.epochs == 8 and c.last == 2
+    assert c.slope == pytest.approx(np.polyfit([7, 8], train[-2:], 1)[0])  # not the slope between epochs 4 and 8
+    assert (c.train_error, c.test_error) == pytest.approx((13.5, 17.0))
+
+
 def test_underfit_fires_only_without_fit_and_without_plateau():
     high_falling = stats.convergence(_metrics([25, 24, 23, 22, 21, 20, 19, 18], [21.0] * 8), "net")  # -1 point/epoch
     caveat = stats.underfit(high_falling, name="arm A")

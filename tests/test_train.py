@@ -16,7 +16,7 @@ from torch import nn
 from cooplib import losses
 from cooplib.engine import metrics, optim, runs, runtime, train
 from cooplib.engine.config import RunConfig
-from cooplib.base.errors import DivergedError, RunDirError
+from cooplib.base.errors import ConfigError, DivergedError, RunDirError
 from cooplib.methods import Baseline
 from cooplib.methods.base import Learner
 from cooplib.models import build
@@ -360,3 +360,35 @@ def test_labels_repeat_across_seeds_without_string_encoding(tiny_data, tmp_path)
     assert list(frame["label"]) == ["base", "base"] and list(frame["seed"]) == [0, 1]
     assert list(frame["deployed"]) == ["net", "net"]
     assert set(runs.load_metrics({("base", 0): a, ("base", 1): b})["label"]) == {"base"}
+
+
+def test_eval_every_skips_test_passes_but_keeps_training_identical(tiny_data, tmp_path, one_thread):
+    every = train.fit(baseline(tiny_data), tiny_data, small_config(epochs=5), tmp_path / "every")
+    sparse = train.fit(baseline(tiny_data), tiny_data, small_config(epochs=5, eval_every=2), tmp_path / "sparse")
+    tested = [r["epoch"] for r in sparse.metrics if "test/net/top1" in r]
+    assert tested == [2, 4, 5]  # every 2nd epoch and always the last
+    assert all("train/net/top1" in r for r in sparse.metrics)
+    # evaluation draws no randomness and changes no weight: the same training either way
+    assert _same_weights(tmp_path / "every", tmp_path / "sparse")
+    drop = lambda rows: [{k: v for k, v in r.items() if not k.startswith("test/")} for r in rows]  # noqa: E731
+    assert drop(_strip_time(sparse.metrics)) == drop(_strip_time(every.metrics))
+    # the best epoch is chosen among evaluated epochs only
+    assert sparse.final["best"]["epoch"] in tested
+    best_of_tested = max(tested, key=lambda e: (sparse.metrics[e - 1]["test/net/top1"], -e))
+    assert sparse.final["best"]["epoch"] == best_of_tested
+
+
+def test_eval_every_resumes_bit_identical(tiny_data, tmp_path, one_thread):
+    cfg = small_config(epochs=4, eval_every=3)
+    ref = train.fit(baseline(tiny_data), tiny_data, cfg, tmp_path / "ref")
+    _interrupt_at(tmp_path / "cut", tiny_data, cfg, at=(1, 1))  # before any evaluation
+    resumed = train.fit(baseline(tiny_data, seed=123), tiny_data, cfg, tmp_path / "cut")
+    assert _same_weights(tmp_path / "ref", tmp_path / "cut")
+    assert _strip_time(resumed.metrics) == _strip_time(ref.metrics)
+
+
+def test_eval_every_must_be_positive_and_keeps_old_run_names():
+    with pytest.raises(ConfigError, match="eval_every must be an integer >= 1"):
+        small_config(eval_every=0)
+    assert small_config(eval_every=1).digest() == small_config().digest()
+    assert small_config(eval_every=2).digest() != small_config().digest()

@@ -152,19 +152,20 @@ RUN_CONFIG_FIELDS = (
     "method", "method_args", "model", "dataset", "dataset_args", "data_root", "download", "train_size",
     "test_size", "augment", "epochs", "batch_size", "lr", "momentum", "nesterov", "weight_decay", "schedule",
     "milestones", "gamma", "grad_ratio_lr", "grad_ratio_clip", "grad_ratio_exclude", "grad_ratio_ema", "seed",
-    "init_from", "device", "precision", "channels_last", "sync_bn", "compile", "deterministic", "progress",
+    "eval_every", "init_from", "device", "precision", "channels_last", "sync_bn", "compile", "deterministic", "progress",
     "tensorboard",
 )
 #: config dicts flattened by `runs.load_runs` into `<prefix>.<key>` columns
 NESTED_FIELDS = ("method_args", "dataset_args")
-#: never a confound: the replicate index, and how or where a run executed (not what it computes)
+#: never a confound: the replicate index, how or where a run executed, and how often it
+#: was evaluated (none of them changes the trained weights)
 DEFAULT_IGNORED = frozenset({
-    "seed", "data_root", "download", "device", "channels_last", "sync_bn", "compile", "deterministic",
+    "seed", "eval_every", "data_root", "download", "device", "channels_last", "sync_bn", "compile", "deterministic",
     "progress", "tensorboard",
 })
 #: fields added to RunConfig after runs were recorded, with their defaults (`config.LATER_DEFAULTS`):
 #: an older record without the field ran with the default, so a missing value counts as it
-LATER_DEFAULTS = {"sync_bn": None, "grad_ratio_exclude": "none", "grad_ratio_ema": 0.0}
+LATER_DEFAULTS = {"sync_bn": None, "grad_ratio_exclude": "none", "grad_ratio_ema": 0.0, "eval_every": 1}
 #: readable names of groups of config fields, in the order a confound label lists them
 GROUPS: dict[str, tuple[str, ...]] = {
     "lr": ("lr",),
@@ -425,16 +426,19 @@ def convergence(metrics, head: str, train_col_prefix: str = "train", test_col_pr
     if missing:
         heads = sorted({c.split("/")[1] for c in metrics.columns if c.startswith(f"{train_col_prefix}/") and c.endswith("/top1")})
         raise ConfigError(f"the records have no column {', '.join(missing)}; heads with a training top-1: {heads}")
-    g = metrics.dropna(subset=cols).sort_values("epoch")
-    if len(g) == 0:
+    # the training error is recorded every epoch, the test error every `eval_every`-th
+    g = metrics.dropna(subset=cols[:1]).sort_values("epoch")
+    tested = metrics.dropna(subset=cols).sort_values("epoch")
+    if len(tested) == 0:
         raise ConfigError(f"no epoch records both {cols[0]} and {cols[1]}")
+    g = g[g["epoch"] <= tested["epoch"].iloc[-1]]
     epoch = g["epoch"].to_numpy(float)
     train = 100.0 - g[cols[0]].to_numpy(float)
-    test = 100.0 - g[cols[1]].to_numpy(float)
+    test = 100.0 - float(tested[cols[1]].iloc[-1])
     k = max(2, math.ceil(0.25 * len(g))) if last is None else int(last)
     k = min(k, len(g))
     slope = float(np.polyfit(epoch[-k:], train[-k:], 1)[0]) if k >= 2 else math.nan
-    return Convergence(head, len(g), float(train[-1]), float(test[-1]), float(test[-1] - train[-1]), slope, k)
+    return Convergence(head, len(g), float(train[-1]), test, test - float(train[-1]), slope, k)
 
 
 def underfit(conv: Convergence | Mapping, max_ratio: float = 0.75, min_train_error: float = 1.0,

@@ -29,7 +29,7 @@ OPTIONAL = frozenset({"data_root", "train_size", "test_size", "init_from", "chan
 
 #: fields added after run directories were first named, with their defaults: hashed
 #: only when set otherwise, so earlier run directories keep their names
-LATER_DEFAULTS = {"sync_bn": None, "grad_ratio_exclude": "none", "grad_ratio_ema": 0.0}
+LATER_DEFAULTS = {"sync_bn": None, "grad_ratio_exclude": "none", "grad_ratio_ema": 0.0, "eval_every": 1}
 
 #: fields that do not change what a run computes (ignored when resuming / naming runs)
 COSMETIC = frozenset({"progress", "tensorboard"})
@@ -66,6 +66,10 @@ class RunConfig:
     grad_ratio_exclude: str = "none"  # none, pre_bn (biases before a BatchNorm), pre_bn+bn (and BN affine)
     grad_ratio_ema: float = 0.0  # EMA factor of the log ratio over steps (0: the current step's ratio)
     seed: int = 0
+    # evaluate the test set after every `eval_every`-th epoch and after the last: on a CPU
+    # a full test pass costs about a third of a training epoch, and the training error is
+    # still recorded every epoch (the convergence slope reads it)
+    eval_every: int = 1
     # where the weights start: a run directory whose final weights initialise this run
     # (Learner.init_from: strict load, or e.g. ONE's branch expansion; momentum carried)
     init_from: str | None = None
@@ -139,6 +143,7 @@ class RunConfig:
              f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {self.device!r}{suggest(self.device, ('auto', 'cpu', 'cuda', 'mps'))}")
 
         need(isinstance(self.epochs, int) and self.epochs >= 1, f"epochs must be an integer >= 1, got {self.epochs!r}")
+        need(self.eval_every >= 1, f"eval_every must be an integer >= 1 (1: evaluate every epoch), got {self.eval_every!r}")
         need(isinstance(self.batch_size, int) and self.batch_size >= 1, f"batch_size must be an integer >= 1, got {self.batch_size!r}")
         need(SEED_RANGE[0] <= self.seed <= SEED_RANGE[1], f"seed must be an integer in [{SEED_RANGE[0]}, {SEED_RANGE[1]}], got {self.seed!r}")
         for name in ("lr", "momentum", "weight_decay", "gamma", "grad_ratio_ema"):

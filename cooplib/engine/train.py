@@ -309,7 +309,9 @@ def _fit(learner, data, config, run: runs.RunDir, device, ckpt, initial_optimize
             train_metrics = metrics.epoch_means(sums, n)  # the epoch's one host sync
             train_seconds = time.perf_counter() - t0  # after that sync: device work included
             _stop_if_diverged(run, learner, epoch, train_metrics)
-            test_metrics = {f"test/{k}": v for k, v in metrics.evaluate(model, test_loader, amp_dtype, device).items()}
+            test_metrics = {}
+            if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
+                test_metrics = {f"test/{k}": v for k, v in metrics.evaluate(model, test_loader, amp_dtype, device).items()}
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             record = {"epoch": epoch + 1, "lr": lr, "seconds": time.perf_counter() - t0, "train_seconds": train_seconds,
@@ -317,7 +319,9 @@ def _fit(learner, data, config, run: runs.RunDir, device, ckpt, initial_optimize
             if ratio is not None:
                 record.update(ratio.last_lrs())
             records.append(record)
-            if best_epoch == 0 or record[primary] > records[best_epoch - 1][primary]:
+            # the best evaluated epoch; before the first evaluation (eval_every > 1) the latest
+            best = records[best_epoch - 1] if best_epoch else {}
+            if primary not in best or (primary in record and record[primary] > best[primary]):
                 best_epoch = epoch + 1
             final = None
             if epoch + 1 == config.epochs:
@@ -338,7 +342,7 @@ def _fit(learner, data, config, run: runs.RunDir, device, ckpt, initial_optimize
                         writer.add_scalar(k, v, epoch + 1)
                 writer.flush()
             if bar is not None:
-                bar.set_postfix(loss=f"{record['train/loss']:.3f}", top1=f"{record[primary]:.2f}")
+                bar.set_postfix(loss=f"{record['train/loss']:.3f}", **({"top1": f"{record[primary]:.2f}"} if primary in record else {}))
     finally:
         if bar is not None:
             bar.close()
