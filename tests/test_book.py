@@ -260,3 +260,37 @@ def test_notebooks_run_on_ipc_kernels_without_the_tcp_warning(tmp_path, capfd):
     make.run_notebook(source, tmp_path / "b.ipynb")
     assert nbformat.read(tmp_path / "b.ipynb", as_version=4).cells[0].outputs[0]["text"] == "42\n"
     assert "without encryption" not in capfd.readouterr().err
+
+
+def test_run_log_lines_reach_the_terminal_whole_and_none_is_lost(tmp_path):
+    """The book follows the file its kernels append to: a line written in two pieces is
+    printed once, whole; lines written just before the stop are still printed."""
+    import threading
+    import time
+
+    log = tmp_path / "runs.log"
+    log.write_text("")
+    printed, stop = [], threading.Event()
+    follower = threading.Thread(target=make.follow_run_log, args=(log, stop, printed.append, 0.01))
+    follower.start()
+    with open(log, "a") as f:
+        f.write("[cooplib] a: trained, 3 epochs, 1.0 s\n[cooplib] b: tra")
+        f.flush()
+        time.sleep(0.05)
+        f.write("ined, 3 epochs, 2.0 s\n")
+        f.write("[cooplib] c: reused, 3 epochs, 0.1 s\n")
+    stop.set()
+    follower.join(5)
+    assert printed == ["[cooplib] a: trained, 3 epochs, 1.0 s", "[cooplib] b: trained, 3 epochs, 2.0 s",
+                       "[cooplib] c: reused, 3 epochs, 0.1 s"]
+
+
+def test_book_run_restores_the_run_log_setting(tmp_path, monkeypatch):
+    from cooplib.engine import experiment
+
+    monkeypatch.setattr(make, "EXECUTED", tmp_path / "executed")
+    monkeypatch.setenv(experiment.RUN_LOG, "1")
+    path = tmp_path / "broken.yml"
+    path.write_text("notebooks:\n  baseline:\n    dataset: nosuch\n")
+    assert make.main(["run", "--profile", str(path), "--runs-dir", str(tmp_path / "runs")]) == 1
+    assert os.environ[experiment.RUN_LOG] == "1"

@@ -52,8 +52,8 @@ def test_load_learner_reproduces_the_recorded_test_accuracy(npz_config, tmp_path
 
 
 def test_the_book_log_has_one_line_per_run_trained_or_reused(npz_config, tmp_path, monkeypatch, capfd):
-    """With $COOPLIB_RUN_LOG=1 (set by the book) each finished run prints one line on the
-    process's own stderr (a kernel's is the terminal's): its name, trained or reused, epochs."""
+    """With $COOPLIB_RUN_LOG=1 each finished run prints one line on the process's own stderr
+    (a script's terminal): its name, trained or reused, epochs; with a path it is appended there."""
     monkeypatch.setenv(experiment.RUN_LOG, "1")
     name = npz_config.run_name()
     experiment.run(npz_config, tmp_path)
@@ -65,3 +65,12 @@ def test_the_book_log_has_one_line_per_run_trained_or_reused(npz_config, tmp_pat
     monkeypatch.delenv(experiment.RUN_LOG)
     experiment.run(npz_config, tmp_path)
     assert "[cooplib] " not in capfd.readouterr().err
+    # a path: the lines are appended there (the book follows that file), nothing on stderr
+    log = tmp_path / "runs.log"
+    monkeypatch.setenv(experiment.RUN_LOG, str(log))
+    experiment.run(npz_config, tmp_path)
+    experiment.run(npz_config.replace(seed=1), tmp_path)
+    assert "[cooplib] " not in capfd.readouterr().err
+    written = log.read_text().splitlines()
+    assert [l.split(",")[0] for l in written] == [f"[cooplib] {name}: reused",
+                                                  f"[cooplib] {npz_config.replace(seed=1).run_name()}: trained"]

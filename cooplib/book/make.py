@@ -21,6 +21,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -53,6 +54,8 @@ def execute(profile_name: str, only: list[str] | None = None, runs_dir: str | Pa
 
     from tqdm.auto import tqdm
 
+    from ..engine.experiment import RUN_LOG
+
     profile = load_profile(profile_name)
     plan = validate(profile, only)
     out_root = Path(runs_dir).resolve() if runs_dir else runs_dir_for(profile)
@@ -69,24 +72,56 @@ def execute(profile_name: str, only: list[str] | None = None, runs_dir: str | Pa
     params = {nb: {**p, "profile": profile["name"], **where} for nb, p in plan.items()}
     args = [(profile["name"], nb, params[nb], EXECUTED / f"{nb}.ipynb") for nb in plan]
     bar = tqdm(total=len(args), desc=f"{profile['name']} notebooks", unit="nb", disable=None)  # None: off unless a terminal
-    results = []
-    if jobs > 1:  # processes, not threads: papermill changes the process-wide working folder
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            for done in as_completed([pool.submit(_execute_one, *a) for a in args]):
-                results.append(done.result())
+    fd, name = tempfile.mkstemp(prefix="cooplib-runs-", suffix=".log")
+    os.close(fd)
+    log, before = Path(name), os.environ.get(RUN_LOG)
+    os.environ[RUN_LOG] = name  # the kernels append a line per finished run; printed here
+    stop = threading.Event()
+    follower = threading.Thread(target=follow_run_log, args=(log, stop, tqdm.write), daemon=True)
+    follower.start()
+    try:
+        results = []
+        if jobs > 1:  # processes, not threads: papermill changes the process-wide working folder
+            with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+                for done in as_completed([pool.submit(_execute_one, *a) for a in args]):
+                    results.append(done.result())
+                    bar.update()
+            order = {a[1]: i for i, a in enumerate(args)}
+            results.sort(key=lambda r: order[r[0]])
+        else:
+            for a in args:
+                results.append(_execute_one(*a))
                 bar.update()
-        order = {a[1]: i for i, a in enumerate(args)}
-        results.sort(key=lambda r: order[r[0]])
-    else:
-        for a in args:
-            results.append(_execute_one(*a))
-            bar.update()
+    finally:
+        stop.set()
+        follower.join()
+        log.unlink(missing_ok=True)
+        if before is None:
+            del os.environ[RUN_LOG]
+        else:
+            os.environ[RUN_LOG] = before
     bar.close()
     _write_build_info(profile, out_root, {nb: seconds for nb, _, seconds in results})
     failures = {nb: why for nb, why, _ in results if why}
     if profile.get("publish") and not failures and not only and not runs_dir:
         publish(profile["name"], out_root)
     return failures
+
+
+def follow_run_log(path: Path, stop: threading.Event, write=print, poll: float = 0.5) -> None:
+    """Print each line the kernels append to `path` (`experiment.RUN_LOG`) until `stop` is
+    set and nothing is left to read: the terminal sees every run as it finishes."""
+    with open(path, encoding="utf-8") as log:
+        pending = ""
+        while True:
+            finished = stop.is_set()  # read once more after stop: nothing written before it is lost
+            pending += log.read()
+            *lines, pending = pending.split("\n")
+            for line in lines:
+                write(line)
+            if finished:
+                return
+            stop.wait(poll)
 
 
 def run_notebook(source: Path, output: Path, parameters: dict | None = None) -> None:

@@ -174,16 +174,26 @@ def run(config: RunConfig, out_dir: str | Path | None = None, *, run_dir: str | 
     return _train(config, load_data(config), target, resume, wait, wait_timeout)
 
 
-#: set to 1 for one line per finished run on the process's stderr (a script's terminal). The
-#: book does not set it: a notebook kernel forwards even that stderr into the notebook.
+#: one line per finished run: "1" prints it on the process's stderr (a script's terminal);
+#: a file path appends it there, which is how the book shows the runs of its notebooks (a
+#: kernel forwards even its own stderr into the notebook, so the book follows the file)
 RUN_LOG = "COOPLIB_RUN_LOG"
 
 
 def _log_run(target: Path, what: str, result: RunResult, seconds: float) -> None:
-    if os.environ.get(RUN_LOG) != "1":
+    where = os.environ.get(RUN_LOG, "")
+    if where in ("", "0"):
         return
     epochs = (result.final or {}).get("epochs_done", "?")
-    print(f"[cooplib] {Path(target).name}: {what}, {epochs} epochs, {seconds:.1f} s", file=sys.__stderr__, flush=True)
+    line = f"[cooplib] {Path(target).name}: {what}, {epochs} epochs, {seconds:.1f} s"
+    if where == "1":
+        print(line, file=sys.__stderr__, flush=True)
+        return
+    try:  # one short append: lines of concurrent kernels and workers do not interleave
+        with open(where, "a", encoding="utf-8") as log:
+            log.write(line + "\n")
+    except OSError:  # a log that cannot be written never stops training
+        pass
 
 
 def _train(config: RunConfig, data: datasets.ImageData, target: Path, resume: bool = True,
