@@ -294,3 +294,14 @@ def test_book_run_restores_the_run_log_setting(tmp_path, monkeypatch):
     path.write_text("notebooks:\n  baseline:\n    dataset: nosuch\n")
     assert make.main(["run", "--profile", str(path), "--runs-dir", str(tmp_path / "runs")]) == 1
     assert os.environ[experiment.RUN_LOG] == "1"
+
+
+def test_every_chapter_that_trains_several_arms_has_an_explorer():
+    """Chapters whose runs they train themselves and compare (robustness and representations
+    analyse the runs of other chapters, which have their explorers there)."""
+    import json
+
+    for nb in ("one", "dml", "branch_expansion", "cooperative_depth", "kd_zoo"):
+        cells = json.loads((profiles.NOTEBOOKS / f"{nb}.ipynb").read_text())["cells"]
+        sources = ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]
+        assert any("explore.explorer(" in s for s in sources), nb
