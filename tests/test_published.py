@@ -7,7 +7,8 @@ from cooplib.report import published
 def _entries():
     for group in (published.ONE_CIFAR100_ERROR["resnet32"], published.ONE_CIFAR100_ERROR["resnet110"],
                   published.ONE_BRANCH_COUNT_ERROR, published.ONE_ABLATION_ERROR, published.DML_PACKAGE_CIFAR100_TOP1,
-                  *published.ONE_COST_FLOPS.values()):
+                  *published.ONE_COST_FLOPS.values(),
+                  *({m: one for m, (one, _) in rows.items()} for rows in published.MCL_OKD_CIFAR100_ERROR.values())):
         yield from group.items()
 
 
@@ -33,3 +34,15 @@ def test_dml_table_shows_the_source_and_no_verdict_for_single_runs():
     assert list(t["peers"]) == [2, 3, 4, 5, 6, 7]
     assert t.loc[0, "package gain over one net"] == "+0.93 (single runs, no interval)"
     assert t["source"].str.contains("seed 42").all()
+
+
+def test_mcl_okd_row_is_the_readme_row_with_its_source():
+    """winycg/MCL-OKD README.md (commit 0661c436), ResNet-32 row: one peer (ensemble)."""
+    t = published.mcl_okd_table("resnet32").set_index("method")
+    assert t.loc["CL-ILR", "published: error % (one peer)"] == "25.40"
+    assert t.loc["MCL-OKD", "published: error % (ensemble)"] == "22.00"
+    assert t.loc["baseline", "published: error % (ensemble)"] == "—"
+    assert list(t.index) == ["baseline", "DML", "CL-ILR", "ONE", "OKDDip", "MCL-OKD"]
+    assert all("winycg/MCL-OKD, README.md" in s for s in t["source"])
+    for method, (one, ens) in published.MCL_OKD_CIFAR100_ERROR["resnet110"].items():
+        assert ens is None or ens.value < one.value, method  # the README's ensembles beat one peer

@@ -19,6 +19,10 @@ Sources:
   (teacher and student of the same architectural type), column resnet56 -> resnet20: the
   benchmark of Tian, Krishnan, Isola, "Contrastive Representation Distillation", ICLR 2020
   (Table 1), which introduced CRD. Last epoch of that repository's recipe, no spread given.
+- MCL-OKD README (winycg/MCL-OKD, README.md, commit 0661c436): CIFAR-100 top-1 error of
+  the baseline and five online methods it implements on one recipe (DML, CL-ILR, ONE,
+  OKDDip and its own MCL-OKD), one peer and, in parentheses there, the ensemble of all
+  peers. Neither the number of runs nor the epoch (best or last) is stated.
 - The DML paper (Zhang, Xiang, Hospedales, Lu, CVPR 2018) itself: its CIFAR-100 table
   is not among the sources available to this project, so no number here comes from
   it. The published DML numbers we use are the ONE paper's (Table 2), which reran DML.
@@ -93,6 +97,36 @@ DML_PACKAGE_CIFAR100_TOP1 = {
     k: Published(v, "top-1 %", DML_PACKAGE, "single run (seed 42)", "last")
     for k, v in {"independent": 71.19, 2: 72.12, 3: 72.64, 4: 73.21, 5: 72.61, 6: 73.12, 7: 72.93}.items()
 }
+
+
+MCL_OKD = "MCL-OKD README (winycg/MCL-OKD, README.md), CIFAR-100 table"
+
+
+def _mcl(value: float) -> Published:
+    return Published(value, "top-1 error %", MCL_OKD, "runs not stated", "")
+
+
+#: MCL-OKD README: CIFAR-100 top-1 error (%) per backbone and method, (one peer, ensemble
+#: of all peers); the baseline is one network alone.
+MCL_OKD_CIFAR100_ERROR = {
+    backbone: {method: (_mcl(one), _mcl(ens) if ens is not None else None) for method, (one, ens) in rows.items()}
+    for backbone, rows in {
+        "resnet32": {"baseline": (28.91, None), "DML": (24.92, 22.97), "CL-ILR": (25.40, 24.03), "ONE": (25.74, 24.03),
+                     "OKDDip": (25.76, 23.73), "MCL-OKD": (24.52, 22.00)},
+        "resnet110": {"baseline": (23.62, None), "DML": (21.51, 19.12), "CL-ILR": (21.16, 18.66), "ONE": (22.19, 20.23),
+                      "OKDDip": (21.05, 19.40), "MCL-OKD": (20.39, 18.29)},
+    }.items()
+}
+
+
+def mcl_okd_table(backbone: str = "resnet32") -> pd.DataFrame:
+    """The MCL-OKD README's row for `backbone`: one peer and the ensemble, per method."""
+    if backbone not in MCL_OKD_CIFAR100_ERROR:
+        raise KeyError(f"the MCL-OKD README table has no {backbone!r} row here; rows: {sorted(MCL_OKD_CIFAR100_ERROR)}")
+    rows = [{"method": m, "published: error % (one peer)": f"{one.value:.2f}",
+             "published: error % (ensemble)": f"{ens.value:.2f}" if ens is not None else "—", "source": one.label}
+            for m, (one, ens) in MCL_OKD_CIFAR100_ERROR[backbone].items()]
+    return pd.DataFrame(rows)
 
 
 def table(entries: dict) -> pd.DataFrame:
