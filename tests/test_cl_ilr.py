@@ -19,7 +19,7 @@ from cooplib.base.errors import ConfigError
 from cooplib.methods.base import TrainState
 from cooplib.methods.cl_ilr import CLILR, build_cl_ilr
 from cooplib.models import build
-from cooplib.models.flops import count_params
+from cooplib.models.flops import cost, count_flops, count_params
 from cooplib.models.shared_trunk import SharedTrunkResNet, scale_grad
 
 SMALL = (3, 8, 8)
@@ -222,3 +222,15 @@ def test_trains_through_experiment_run(tmp_path):
         assert f"test/{head}/top1" in record and 0 <= record[f"test/{head}/top1"] <= 100
     assert record["train/loss"] == pytest.approx(record["train/ce/branches"] + record["train/kl/branches"], rel=1e-5)
     assert "test/disagree/branch0-branch1" in record
+
+
+def test_exact_flop_counts():
+    # resnet8, 5 classes, 8x8 input, FLOPs = 2 x MACs, by hand:
+    # stem 3*16*9*64 = 27,648; layer1 2 * 16*16*9*64 = 294,912 (8x8);
+    # layer2 (4x4) 16*32*9*16 + 32*32*9*16 + 16*32*16 = 229,376; trunk = 551,936 MACs;
+    # head: layer3 (2x2) 32*64*9*4 + 64*64*9*4 + 32*64*4 = 229,376, fc 64*5 = 320 -> 229,696 MACs
+    trunk, layer2, head = 2 * 551_936, 2 * 229_376, 2 * 229_696
+    c = cost(learner(), SMALL)
+    assert c["test_flops"] == count_flops(build("resnet8", 5), SMALL) == trunk + head == 1_563_264
+    assert c["train_flops"] == trunk + 4 * head == 2_941_440
+    assert cost(learner(sharing="tree"), SMALL)["train_flops"] == trunk + layer2 + 4 * head == 3_400_192

@@ -17,7 +17,7 @@ from cooplib.base.errors import ConfigError
 from cooplib.methods.base import TrainState
 from cooplib.methods.okddip import OKDDip, attention_weights, build_okddip, okddip_terms, peer_targets
 from cooplib.models import build
-from cooplib.models.flops import count_params
+from cooplib.models.flops import cost, count_flops, count_params
 
 SMALL = (3, 8, 8)
 
@@ -199,3 +199,11 @@ def test_trains_through_experiment_run(tmp_path):
         assert f"test/{head}/top1" in record and 0 <= record[f"test/{head}/top1"] <= 100
     parts = ("ce/peers", "ce/branch0", "kl/peers", "kl/branch0")
     assert record["train/loss"] == pytest.approx(sum(record[f"train/{p}"] for p in parts), rel=1e-5)
+
+
+def test_exact_flop_count():
+    # 4 heads as test_cl_ilr's hand count (trunk 1,103,872 + 4 heads of 459,392 FLOPs), plus
+    # W_q and W_k on 3 peers (3 * 2 * 2*64*8 = 6,144) and the energies q_a . k_c (3*3 * 2*8 = 144)
+    c = cost(build_okddip("resnet8", 5, 3), SMALL)
+    assert c["train_flops"] == 1_103_872 + 4 * 459_392 + 6_144 + 144 == 2_947_728
+    assert c["test_flops"] == count_flops(build("resnet8", 5), SMALL) == 1_563_264

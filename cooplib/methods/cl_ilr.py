@@ -34,6 +34,11 @@ Defaults: the OKDDip layout and constants (``sharing="layer2"``, T = 3, weights 
 its own loss, as in DML) and no ramp (``ramp_epochs=0``, as cooplib's ONE). OKDDip's
 code exactly: ``detach_target=False, ramp_epochs=80`` (the 1e-7 aside); MCL-OKD's:
 ``sharing="tree", temperature=2, ce_weight=0.5, kl_weight=0.5``.
+
+Checked against both reference codes run as they are (outside cooplib, their networks
+given this network's weights; resnet8, 8 images, one batch): with those options the loss
+agrees to 3e-6 relative (OKDDip's 1e-7; 7e-8 for MCL-OKD) and the gradients of the
+shared and head layers to 5e-7.
 """
 from __future__ import annotations
 
