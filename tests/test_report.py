@@ -260,3 +260,20 @@ def test_teacher_confound_treats_the_teacher_as_the_treatment():
     assert list(matrix.loc["teacher's own top-1"]) == [80.0, 81.0]
     rows[1]["weight_decay"] = 1e-4  # seed 0's student of teacher 1 trained otherwise
     assert tables.teacher_confound(pd.DataFrame(rows))[1][0].confounds == ("weight_decay",)
+
+
+def test_online_columns_read_each_methods_own_heads():
+    import numpy as np
+
+    finals = pd.DataFrame([
+        {"label": "baseline", "seed": 0, "deployed": "net", "last/test/net/top1": 70.0},
+        {"label": "ONE", "seed": 0, "deployed": "branch0", "last/test/branch0/top1": 72.0, "last/test/branch1/top1": 74.0,
+         "last/test/ensemble/top1": 76.0, "last/test/average/top1": 75.0},
+        {"label": "DML", "seed": 0, "deployed": "peer0", "last/test/peer0/top1": 71.0, "last/test/peer1/top1": 73.0,
+         "last/test/average/top1": 77.0},
+    ])
+    f = tables.with_online_columns(finals).set_index("label")
+    assert f["deployed top-1"].to_dict() == {"baseline": 70.0, "ONE": 72.0, "DML": 71.0}
+    assert f["students top-1"].to_dict() == {"baseline": 70.0, "ONE": 73.0, "DML": 72.0}
+    assert f.loc["ONE", "ensemble top-1"] == 76.0  # the gate ensemble, not the plain average
+    assert f.loc["DML", "ensemble top-1"] == 77.0 and np.isnan(f.loc["baseline", "ensemble top-1"])

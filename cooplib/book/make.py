@@ -242,11 +242,14 @@ def offline_assets(root: Path = REPO_ROOT) -> Path:
     return target
 
 
-def jupyter_book(root: Path = REPO_ROOT) -> Path:
-    """`jupyter-book build` of a book tree (execution off, MathJax local); its index.html."""
+def jupyter_book(root: Path = REPO_ROOT, toc: Path | None = None) -> Path:
+    """`jupyter-book build` of a book tree (execution off, MathJax local); its index.html.
+    `toc`: another table of contents than the tree's `_toc.yml`."""
     offline_assets(root)
     exe = Path(sys.executable).parent / "jupyter-book"
     cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(root), "--path-output", str(root)]
+    if toc is not None:
+        cmd += ["--toc", str(toc)]
     subprocess.run(cmd, check=True, cwd=root)
     return root / "_build" / "html" / "index.html"
 
@@ -327,13 +330,15 @@ def build(profile: str | None = None) -> Path:
         _restore_published(profile)
     if EXECUTED.exists() and any(EXECUTED.glob("*.ipynb")):
         write_findings()
-    missing = [e["file"] for e in _toc_chapters() if not (REPO_ROOT / f"{e['file']}.ipynb").exists() and not (REPO_ROOT / f"{e['file']}.md").exists()]
+    not_run = chapters_not_in_profile(_executed_profile())
+    missing = [e["file"] for e in _toc_chapters() if e["file"] not in not_run
+               and not (REPO_ROOT / f"{e['file']}.ipynb").exists() and not (REPO_ROOT / f"{e['file']}.md").exists()]
     if missing or not (EXECUTED / "build_info.md").exists():
         raise ConfigError(
             f"nothing to build yet ({', '.join(missing) or 'build_info.md'} missing): "
             f"run `python -m cooplib.book run --profile smoke` first (or `make book`)"
         )
-    index = jupyter_book(REPO_ROOT)
+    index = jupyter_book(REPO_ROOT, toc=_toc_without(not_run) if not_run else None)
     print(f"[cooplib.book] open {index}")
     return index
 
@@ -347,8 +352,35 @@ def write_findings() -> Path:
         profile = load_profile(name) if name else None
     except ConfigError:
         profile = None
-    chapters = [Path(e["file"]).name for e in _toc_chapters() if e["file"].startswith("book/_executed/")]
+    not_run = chapters_not_in_profile(name)
+    chapters = [Path(e["file"]).name for e in _toc_chapters()
+                if e["file"].startswith("book/_executed/") and e["file"] not in not_run]
     return findings.write(EXECUTED, chapters, profile)
+
+
+def chapters_not_in_profile(profile: str | None) -> set[str]:
+    """The executed-notebook chapters of `_toc.yml` that `profile` does not run (a profile
+    sized for a CPU budget may leave a chapter out); empty when the profile is unknown."""
+    try:
+        ran = set(load_profile(profile)["notebooks"]) if profile else None
+    except ConfigError:
+        ran = None
+    if ran is None:
+        return set()
+    return {e["file"] for e in _toc_chapters()
+            if e["file"].startswith("book/_executed/") and Path(e["file"]).name not in ran | {"findings"}}
+
+
+def _toc_without(files: set[str]) -> Path:
+    """A copy of `_toc.yml` without the chapters `files` (written under _build/)."""
+    toc = yaml.safe_load((REPO_ROOT / "_toc.yml").read_text())
+    for part in toc.get("parts", []):
+        part["chapters"] = [c for c in part.get("chapters", []) if c["file"] not in files]
+    toc["parts"] = [p for p in toc.get("parts", []) if p["chapters"]]
+    path = BUILD / "_toc.profile.yml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(toc, sort_keys=False))
+    return path
 
 
 def _toc_chapters() -> list[dict]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -152,6 +153,42 @@ def dml_verdicts(frame: pd.DataFrame, which: str = "last") -> dict[int, Verdict]
         out[int(k)] = compare(acc, "independent", "DML", "_acc", by="_arm", treatment=("method_args.mutual",),
                               claim=f"K = {int(k)}: DML peers better than independent peers ({which} epoch)")
     return out
+
+
+STUDENT_HEAD = re.compile(r"(branch|peer)\d+|net")
+
+
+def with_online_columns(finals: pd.DataFrame) -> pd.DataFrame:
+    """`finals` plus, per run, "deployed top-1" (its `deployed` head), "students top-1" (the
+    mean over its student heads: branches, peers or the one net) and "ensemble top-1"
+    (ONE's gate `ensemble`, else the plain `average` of the heads; NaN without either):
+    one column per quantity whatever each method calls its heads, so they compare."""
+    out = finals.copy()
+    heads = {c[len("last/test/"):-len("/top1")] for c in finals.columns
+             if c.startswith("last/test/") and c.endswith("/top1")}
+    students = sorted(h for h in heads if STUDENT_HEAD.fullmatch(h))
+    out["deployed top-1"] = [row.get(f"last/test/{row['deployed']}/top1", np.nan) for _, row in finals.iterrows()]
+    out["students top-1"] = finals[[f"last/test/{h}/top1" for h in students]].mean(axis=1, skipna=True)
+    ens = pd.Series(np.nan, index=finals.index)
+    for head in ("ensemble", "average"):
+        if f"last/test/{head}/top1" in finals:
+            ens = ens.fillna(finals[f"last/test/{head}/top1"])
+    out["ensemble top-1"] = ens
+    return out
+
+
+def online_summary(finals: pd.DataFrame, by: str = "label") -> pd.DataFrame:
+    """One row per method: deployed network, mean student and ensemble test top-1 (last
+    epoch, mean ± sd over seeds), parameters and FLOPs of training and of the deployed
+    network, and the training time per run (seconds, this machine)."""
+    f = with_online_columns(finals)
+    rows = []
+    for label, g in f.groupby(by, sort=False):
+        rows.append({by: label, "deployed head": g["deployed"].iloc[0], "deployed top-1 %": mean_std(g["deployed top-1"]),
+                     "students top-1 %": mean_std(g["students top-1"]), "ensemble top-1 %": mean_std(g["ensemble top-1"]),
+                     "params train": int(g["params"].iloc[0]), "TrCost FLOPs": f"{g['train_flops'].iloc[0]:.3e}",
+                     "TeCost FLOPs": f"{g['test_flops'].iloc[0]:.3e}", "train s / run": f"{g['seconds'].mean():.0f}"})
+    return pd.DataFrame(rows)
 
 
 def dml_summary(frame: pd.DataFrame) -> pd.DataFrame:
