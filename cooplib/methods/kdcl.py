@@ -23,7 +23,8 @@ The teacher rules (``rule``; the function of each is below and tested against it
   states the problem, not the solver: here ``linear_steps`` iterations of accelerated
   projected gradient (FISTA, step 1/L with L an upper bound of the Hessian's largest
   eigenvalue, projection onto the simplex by sorting), in float32 on the device, no host
-  synchronisation.
+  synchronisation. With the default 100 steps the batch CE came within ~2e-4 of scipy's
+  SLSQP optimum on 3 students x 128 images x 100 classes (300 steps: ~1e-6).
 - ``"minlogit"`` (KDCL-MinLogit, the default): subtract each student's target logit from
   its logits, z^c_i = z_i - z_{i,y}, and take the element-wise minimum over students,
   z_t = min_i z^c_i: the target entry is 0 and every other class gets its smallest margin,

@@ -19,7 +19,9 @@ network (shared layers and every peer): after each optimizer step (`after_step`)
 for every parameter (BatchNorm statistics of the mean network come from its own forward
 passes, in train mode during training, as in Mean Teacher: CuriousAI/mean-teacher,
 pytorch/main.py ``update_ema_variables``). The mean network starts as a copy of the
-network; it never gets gradients and the optimizer never sees it.
+network; it never gets gradients and the optimizer never sees it. Its forward pass runs
+every step, so the recorded training FLOPs (TrCost) include it; the parameter count (only
+what the optimizer trains) does not.
 
 Loss, batch means, T = ``temperature``, every teacher detached:
 
