@@ -5,6 +5,11 @@ batch there, so that a step never waits for the host: the "dataset on the device
 of airbench / hlb-CIFAR10, with the augmentation identical in distribution to
 torchvision's ``RandomCrop(size, padding=p)`` + ``RandomHorizontalFlip()`` + ``ToTensor``
 + ``Normalize``.
+
+With ``views`` = V > 1 every batch comes as V independently augmented views of the same
+images, one (V, B, C, H, W) tensor (labels once, (B,)), for methods that give each peer its
+own view (KDCL, PCL): the V copies are cropped and flipped in the same single gather, so
+V = 1 draws exactly what a single-view loader always drew.
 """
 
 from __future__ import annotations
@@ -69,19 +74,22 @@ class DeviceLoader:
 
     Shuffling and augmentation draw from the loader's own generator on the device, so
     the sequence is fixed by ``seed`` and resumable via :meth:`state_dict`, and no step
-    synchronises with the host.
+    synchronises with the host. ``views`` > 1 yields x as (views, B, C, H, W): the same
+    images, each view augmented independently (see the module doc).
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, *,
                  device: torch.device | str, mean: Sequence[float], std: Sequence[float],
                  augment: Augment | None = None, shuffle: bool = False,
-                 drop_last: bool = False, seed: int = 0, channels_last: bool = False) -> None:
+                 drop_last: bool = False, seed: int = 0, channels_last: bool = False, views: int = 1) -> None:
         if x.dtype != torch.uint8 or x.ndim != 4:
             raise ValueError(f"x must be uint8 (N, C, H, W), got {x.dtype} {tuple(x.shape)}")
         if len(y) != len(x):
             raise ValueError(f"x has {len(x)} samples but y has {len(y)}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if int(views) != views or views < 1:
+            raise ValueError(f"views must be an integer >= 1, got {views!r}")
         if not len(mean) == len(std) == x.shape[1]:
             raise ValueError(f"mean/std need {x.shape[1]} channels, got {len(mean)}/{len(std)}")
         self.device = torch.device(device)
@@ -91,6 +99,7 @@ class DeviceLoader:
         self.augment = augment if augment is not None else Augment.none()
         self.shuffle, self.drop_last, self.channels_last = shuffle, drop_last, channels_last
         self.seed = seed
+        self.views = int(views)
         self.epoch = 0
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
@@ -122,9 +131,14 @@ class DeviceLoader:
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
             xb = self.x.index_select(0, idx)
             yb = self.y.index_select(0, idx)
+            if self.views > 1:  # one whole-batch augmentation of all the copies
+                xb = xb.repeat(self.views, 1, 1, 1)
             if a.active:
                 xb = random_crop_flip(xb, a.crop_pad, a.flip, self.generator)
-            yield self.normalize(xb), yb
+            xb = self.normalize(xb)
+            if self.views > 1:  # (V*B, ...) -> (V, B, ...): a view, each slice keeps its strides
+                xb = xb.view(self.views, len(yb), *xb.shape[1:])
+            yield xb, yb
 
     def state_dict(self) -> dict:
         """The generator state (a CPU uint8 tensor) and epoch count; take it between epochs."""

@@ -31,10 +31,11 @@ def is_main() -> bool:
     return world()[0] == 0
 
 
-def shard(t: torch.Tensor) -> torch.Tensor:
-    """This rank's contiguous slice of a global batch (sizes differ by at most one)."""
+def shard(t: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """This rank's contiguous slice of a global batch (sizes differ by at most one) along
+    `dim`, the batch dimension (1 for a (views, B, ...) batch of augmented views)."""
     rank, size = world()
-    return t if size == 1 else t.tensor_split(size)[rank]
+    return t if size == 1 else t.tensor_split(size, dim)[rank]
 
 
 def all_sum(t: torch.Tensor) -> torch.Tensor:

@@ -250,7 +250,7 @@ def _fit(learner, data, config, run: runs.RunDir, device, ckpt, initial_optimize
     common = dict(device=device, mean=data.mean, std=data.std, channels_last=channels_last)
     train_loader = DeviceLoader(
         data.x_train, data.y_train, config.batch_size, augment=data.augment.named(config.augment),
-        shuffle=True, seed=config.seed, **common,
+        shuffle=True, seed=config.seed, views=learner.views, **common,
     )
     # with several ranks each evaluates its slice of the test set; the sums are reduced
     test_loader = DeviceLoader(distributed.shard(data.x_test), distributed.shard(data.y_test), max(config.batch_size, 256), **common)
@@ -288,7 +288,8 @@ def _fit(learner, data, config, run: runs.RunDir, device, ckpt, initial_optimize
             sums: dict[tuple[str, ...], torch.Tensor] = {}
             n = 0
             for step, (x, y) in enumerate(train_loader):
-                x, y = distributed.shard(x), distributed.shard(y)  # every rank draws the global batch, trains on its slice
+                # every rank draws the global batch, trains on its slice (of each view: x is (V, B, ...) when V > 1)
+                x, y = distributed.shard(x, dim=x.ndim - 4), distributed.shard(y)
                 bs = y.shape[0]
                 for sub in range(learner.substeps):
                     state = TrainState(epoch, config.epochs, step, steps, sub)
@@ -300,6 +301,7 @@ def _fit(learner, data, config, run: runs.RunDir, device, ckpt, initial_optimize
                     if ratio is not None:
                         ratio.update(lr / config.lr)
                     opt.step()
+                    learner.after_step(state)
                     # accuracy of the heads before this batch's updates (substep 0 only)
                     key, vec = metrics.step_terms(total, parts, heads if sub == 0 else None, y)
                     sums[key] = sums[key] + vec if key in sums else vec

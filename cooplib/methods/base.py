@@ -36,6 +36,10 @@ class Learner(nn.Module):
     #: optimizer steps per batch: the loop runs forward, loss, backward and step this many
     #: times on each batch with `state.substep` = 0.. (sequential updates, e.g. DML's).
     substeps: int = 1
+    #: augmented views of each training batch: with V > 1 the loop's loader hands `forward`
+    #: x of shape (V, B, C, H, W), the same images augmented V times independently (labels
+    #: once); evaluation always passes one (B, C, H, W) batch. See `split_views`.
+    views: int = 1
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:  # pragma: no cover
         raise NotImplementedError
@@ -45,6 +49,10 @@ class Learner(nn.Module):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # pragma: no cover
         """Return (total, parts): the scalar to backpropagate and its named terms."""
         raise NotImplementedError
+
+    def after_step(self, state: TrainState) -> None:
+        """Called by the loop right after each optimizer step (e.g. to update a temporal-mean
+        copy of the weights); must not synchronise with the host. Default: nothing."""
 
     def deployable(self) -> nn.Module:
         """The network used at test time (for TeCost and export); default: self."""
@@ -85,3 +93,13 @@ class Learner(nn.Module):
     def primary_head(self) -> str:
         """The head whose test top-1 picks the 'best' epoch."""
         return "net"
+
+
+def split_views(x: torch.Tensor, k: int) -> list[torch.Tensor]:
+    """The input of each of `k` peers: view i of a (V, B, C, H, W) batch of V = k augmented
+    views, or the same (B, C, H, W) batch for all (evaluation, or a single-view run)."""
+    if x.ndim == 4:
+        return [x] * k
+    if x.ndim != 5 or x.shape[0] != k:
+        raise ValueError(f"expected a (B, C, H, W) batch or {k} views (k, B, C, H, W), got {tuple(x.shape)}")
+    return list(x.unbind(0))
