@@ -271,9 +271,12 @@ def test_online_columns_read_each_methods_own_heads():
          "last/test/ensemble/top1": 76.0, "last/test/average/top1": 75.0},
         {"label": "DML", "seed": 0, "deployed": "peer0", "last/test/peer0/top1": 71.0, "last/test/peer1/top1": 73.0,
          "last/test/average/top1": 77.0},
+        {"label": "PCL", "seed": 0, "deployed": "mean0", "last/test/mean0/top1": 78.0, "last/test/branch0/top1": 72.0,
+         "last/test/ensemble/top1": 79.0},
     ])
     f = tables.with_online_columns(finals).set_index("label")
-    assert f["deployed top-1"].to_dict() == {"baseline": 70.0, "ONE": 72.0, "DML": 71.0}
-    assert f["students top-1"].to_dict() == {"baseline": 70.0, "ONE": 73.0, "DML": 72.0}
-    assert f.loc["ONE", "ensemble top-1"] == 76.0  # the gate ensemble, not the plain average
+    assert f["deployed top-1"].to_dict() == {"baseline": 70.0, "ONE": 72.0, "DML": 71.0, "PCL": 78.0}
+    assert f["students top-1"].to_dict() == {"baseline": 70.0, "ONE": 73.0, "DML": 72.0, "PCL": 72.0}
+    assert f.loc["PCL", "ensemble top-1"] == 79.0  # no average head: the method's own ensemble
+    assert f.loc["ONE", "ensemble top-1"] == 75.0  # the plain average, as for every method (ONE-E: its chapter)
     assert f.loc["DML", "ensemble top-1"] == 77.0 and np.isnan(f.loc["baseline", "ensemble top-1"])

@@ -161,8 +161,9 @@ STUDENT_HEAD = re.compile(r"(branch|peer)\d+|net")
 def with_online_columns(finals: pd.DataFrame) -> pd.DataFrame:
     """`finals` plus, per run, "deployed top-1" (its `deployed` head), "students top-1" (the
     mean over its student heads: branches, peers or the one net) and "ensemble top-1"
-    (ONE's gate `ensemble`, else the plain `average` of the heads; NaN without either):
-    one column per quantity whatever each method calls its heads, so they compare."""
+    (the plain `average` of the students' logits where the method records it, else its
+    own `ensemble` head, e.g. PCL's; NaN without either): one column per quantity
+    whatever each method calls its heads, so they compare."""
     out = finals.copy()
     heads = {c[len("last/test/"):-len("/top1")] for c in finals.columns
              if c.startswith("last/test/") and c.endswith("/top1")}
@@ -170,7 +171,7 @@ def with_online_columns(finals: pd.DataFrame) -> pd.DataFrame:
     out["deployed top-1"] = [row.get(f"last/test/{row['deployed']}/top1", np.nan) for _, row in finals.iterrows()]
     out["students top-1"] = finals[[f"last/test/{h}/top1" for h in students]].mean(axis=1, skipna=True)
     ens = pd.Series(np.nan, index=finals.index)
-    for head in ("ensemble", "average"):
+    for head in ("average", "ensemble"):
         if f"last/test/{head}/top1" in finals:
             ens = ens.fillna(finals[f"last/test/{head}/top1"])
     out["ensemble top-1"] = ens
