@@ -18,9 +18,10 @@ global average (RepDistiller's fixed-size average equals it on 32x32 inputs).
 """
 from __future__ import annotations
 
-from torch import nn
 import torch
+from torch import nn
 
+from ..base.errors import ConfigError
 from ..base.registry import MODELS
 from .staged import StagedNet, global_pool, init_like_repdistiller
 
@@ -54,6 +55,8 @@ class MobileNetV2(StagedNet):
 
     def __init__(self, num_classes: int, in_channels: int = 3, *, expansion: int = 6, width: float = 0.5) -> None:
         super().__init__()
+        if int(16 * width) < 1:  # the narrowest group (16 channels at width 1) would be empty
+            raise ConfigError(f"MobileNetV2 width must be >= 0.0625 (1/16) so every group keeps a channel, got {width}")
         self.width = width
         cin = int(32 * width)
         self.stem = nn.Sequential(*_conv_bn_relu(in_channels, cin, 3, 2))
