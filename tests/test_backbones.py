@@ -312,3 +312,47 @@ def test_fitnet_regressor_maps_student_layer2_to_teacher(teacher: str, student: 
     heads = learner.train()(torch.randn(2, *CIFAR))
     loss = learner.distill_term(heads["net"], TrainState(0, 1, 0, 1))["fitnet"]
     assert loss.ndim == 0 and torch.isfinite(loss)
+
+
+# ------------------------------------------------------------------ ONE-style multi-branch forms
+
+BRANCHED = ("wrn_16_2", "vgg8", "mobilenetv2", "shufflenetv2")  # the ResNets: tests/test_one.py
+
+
+@pytest.mark.parametrize("name", BRANCHED)
+def test_one_branches_share_low_layers(name: str):
+    """ONE-3 (cooplib.models.multibranch): stem + layer1 + layer2 once, layer3 + pool + fc
+    three times, and the gate (Linear(c2, 3) + BatchNorm1d(3)); each branch with the trunk
+    is exactly a plain network of the same name."""
+    from cooplib.models.multibranch import MultiBranchResNet, export_branch
+
+    torch.manual_seed(0)
+    net = build(name, 10)
+    head = sum(count_params(getattr(net, p)) for p in ("layer3", "pool", "fc"))
+    c2 = net.feature_dims[1]
+    multi = MultiBranchResNet(name, 10, branches=3).eval()
+    assert count_params(multi) == count_params(net) + 2 * head + (c2 * 3 + 3) + 2 * 3
+
+    trunk = nn.Sequential(net.stem, net.layer1, net.layer2)
+    gate = 2 * c2 * 3
+    assert count_flops(multi, CIFAR) == count_flops(net, CIFAR) + 2 * (count_flops(net, CIFAR) - count_flops(trunk, CIFAR)) + gate
+
+    x = torch.randn(2, *CIFAR)
+    with torch.no_grad():
+        heads = multi(x)
+        for i in range(3):
+            plain = export_branch(multi, i).eval()
+            assert type(plain) is type(net)
+            torch.testing.assert_close(plain(x), heads[f"branch{i}"], rtol=1e-6, atol=1e-6)
+
+
+def test_one_method_trains_on_a_staged_backbone():
+    from cooplib.methods import METHODS
+
+    torch.manual_seed(0)
+    learner = METHODS.build("one", "shufflenetv2", 5, 1, branches=2).train()
+    heads = learner(torch.randn(4, 1, 28, 28))
+    loss, parts = learner.loss(heads, torch.tensor([0, 1, 2, 3]), TrainState(0, 1, 0, 1))
+    loss.backward()
+    assert set(heads) >= {"branch0", "branch1", "ensemble"} and torch.isfinite(loss)
+    assert type(learner.deployable()).__name__ in ("BranchNet", "ShuffleNetV2")
