@@ -30,7 +30,7 @@ __all__ = ["BasicBlock", "Bottleneck", "CifarResNet", "MODELS", "StagedNet", "bu
 
 
 def names() -> list[str]:
-    """Registered model names (any other ``resnet{6n+2}`` is accepted too)."""
+    """Registered model names (any other ``resnet{6n+2}`` or ``wrn_{6n+4}_{k}`` is accepted too)."""
     return MODELS.names()
 
 
