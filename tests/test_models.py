@@ -88,7 +88,8 @@ def test_names_and_generic_depths():
               "resnet110", "resnet112", "resnet110_bottleneck"):
         assert n in ns
     for n in ns:
-        assert isinstance(build(n, 10), CifarResNet)
+        if n.startswith("resnet"):  # the other backbones (WRN, VGG, ...): tests/test_backbones.py
+            assert isinstance(build(n, 10), CifarResNet)
     m = build("resnet26", 10)
     assert m.depth == 26 and m.blocks_per_stage == 4
 

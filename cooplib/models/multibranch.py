@@ -8,9 +8,12 @@ The gate global-average-pools the shared ``layer2`` output and computes
 gate-weighted sum of the branch logits.
 
 Every part comes from ``models.build(base, ...)`` instances, so any CIFAR ResNet of
-cooplib works, and branch 0 with the shared layers is initialised exactly as
-``models.build(base)`` would be under the same seed; the other branches are initialised
-independently, as separate networks would be.
+cooplib works, and so does any backbone in the shared layout (`cooplib.models.staged`:
+WRN, VGG, MobileNetV2, ShuffleNets; their branch is ``layer3`` + ``pool`` + ``fc``, e.g.
+VGG's blocks 3-4 or MobileNetV2's groups 3-6 and last 1x1 conv). Branch 0 with the
+shared layers is initialised exactly as ``models.build(base)`` would be under the same
+seed; the other branches are initialised independently, as separate networks would be.
+``packed=True`` knows the ResNets' modules only.
 
 ``gate_prior`` (a buffer, zeros by default) is an additive per-branch offset of the
 gate logits. The optimizer never changes it; branch expansion (``cooplib.models.expand``) uses
@@ -41,6 +44,7 @@ from torch import nn
 from .. import models as _models  # late lookup: models/__init__ may import this module
 from . import packed as packing
 from .resnet import CifarResNet
+from .staged import StagedNet
 
 
 class BranchHead(nn.Module):
@@ -116,8 +120,8 @@ class MultiBranchResNet(nn.Module):
 
     def _build_net(self) -> CifarResNet:
         net = _models.build(self.base, self.num_classes, self.in_channels, **self.resnet_kwargs)
-        if not isinstance(net, CifarResNet):  # pragma: no cover - registry holds ResNets only
-            raise TypeError(f"{self.base!r} is not a CIFAR ResNet; ONE needs stem/layer1..3/pool/fc")
+        if not isinstance(net, (CifarResNet, StagedNet)):
+            raise TypeError(f"{self.base!r} is not a CIFAR ResNet or staged backbone; ONE needs stem/layer1..3/pool/fc")
         return net
 
     @property

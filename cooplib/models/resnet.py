@@ -114,7 +114,8 @@ class CifarResNet(nn.Module):
 
     ``feature_dims`` are the channels of the three stage outputs; ``depth`` counts the
     weighted layers on the main path (stem conv + block convs + fc), i.e. 6n+2 for basic
-    blocks and 9n+2 for bottlenecks.
+    blocks and 9n+2 for bottlenecks. ``stem_width`` (default ``widths[0]``) is the stem
+    conv's channels; RepDistiller's "x4" ResNets widen the stem less than the stages.
     """
 
     def __init__(
@@ -126,6 +127,7 @@ class CifarResNet(nn.Module):
         *,
         widths: tuple[int, int, int] = (16, 32, 64),
         shortcut: Shortcut = "projection",
+        stem_width: int | None = None,
     ) -> None:
         super().__init__()
         if blocks_per_stage < 1:
@@ -134,6 +136,9 @@ class CifarResNet(nn.Module):
             raise ValueError(f"shortcut must be 'projection' or 'zeropad', got {shortcut!r}")
         if len(widths) != 3:
             raise ValueError(f"widths must have 3 entries (one per stage), got {widths!r}")
+        stem_width = widths[0] if stem_width is None else stem_width
+        if stem_width < 1:
+            raise ConfigError(f"stem_width must be an integer >= 1 (or None: widths[0]), got {stem_width!r}")
         self.block = block
         self.blocks_per_stage = blocks_per_stage
         self.num_classes = num_classes
@@ -141,12 +146,13 @@ class CifarResNet(nn.Module):
         self.depth = blocks_per_stage * 3 * (3 if block is Bottleneck else 2) + 2
         self.feature_dims = tuple(w * block.expansion for w in widths)
 
+        self.stem_width = stem_width
         self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False),
-            nn.BatchNorm2d(widths[0]),
+            nn.Conv2d(in_channels, stem_width, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(stem_width),
             nn.ReLU(inplace=True),
         )
-        in_planes = widths[0]
+        in_planes = stem_width
         stages = []
         for width, stride in zip(widths, (1, 2, 2)):
             blocks = []
@@ -194,7 +200,13 @@ class CifarResNet(nn.Module):
 #   ResNet-110 happens to have about the same parameter count (1,736,564) and ~2% more
 #   FLOPs (5.063e8 vs 4.953e8).
 #
-# Options (keyword-only): ``widths`` and ``shortcut`` (``"zeropad"``: He et al.'s option A).
+# - ``resnet8x4``, ``resnet32x4``: RepDistiller's 4x-wide CIFAR ResNets (HobbitLong/
+#   RepDistiller, models/resnet.py at b84f547: ``ResNet(depth, [32, 64, 128, 256])``): a
+#   32-channel stem, stages of 64 / 128 / 256 channels, projection shortcuts (so layer1's
+#   first block projects 32 -> 64). 1,233,540 and 7,433,860 parameters for 100 classes.
+#
+# Options (keyword-only): ``widths``, ``shortcut`` (``"zeropad"``: He et al.'s option A)
+# and ``stem_width``.
 # ---------------------------------------------------------------------------------------
 
 LISTED_DEPTHS = (8, 14, 20, 32, 44, 56, 110)
@@ -208,6 +220,10 @@ def basic_resnet(depth: int) -> Callable[..., CifarResNet]:
 for _depth in LISTED_DEPTHS:
     MODELS.register(f"resnet{_depth}", *(["resnet112"] if _depth == 110 else []))(basic_resnet(_depth))
 MODELS.register("resnet110_bottleneck")(partial(CifarResNet, Bottleneck, 18))
+for _depth in (8, 32):
+    MODELS.register(f"resnet{_depth}x4")(
+        partial(CifarResNet, BasicBlock, (_depth - 2) // 6, widths=(64, 128, 256), stem_width=32)
+    )
 
 
 @MODELS.register_family
