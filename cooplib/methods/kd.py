@@ -437,11 +437,18 @@ def _factory(kind: str):
     return build
 
 
-def _build(kind: str, model: str, num_classes: int, in_channels: int, teacher: str | None, **options) -> Distill:
+def _build(kind: str, model: str, num_classes: int, in_channels: int, teacher: str | None, *, cls: type | None = None,
+           extra: dict | None = None, **options) -> Distill:
+    """The Learner of a factory: `Distill` of `kind`, or `cls` (a subclass that fixes its
+    kind, taking the `extra` options of its own)."""
     check_options(kind, teacher=teacher, **options)
+    if (teacher is None) != (kind == "student"):
+        resolve_teacher(kind, teacher, num_classes, in_channels)  # its error, before anything is built
+    student = models.build(model, num_classes, in_channels)  # first: its init follows the run's seed
     net, top1 = resolve_teacher(kind, teacher, num_classes, in_channels)
-    return Distill(kind, models.build(model, num_classes, in_channels), net, in_channels=in_channels,
-                   teacher_top1=top1, **options)
+    if cls is None:
+        return Distill(kind, student, net, in_channels=in_channels, teacher_top1=top1, **options)
+    return cls(student, net, in_channels=in_channels, teacher_top1=top1, **(extra or {}), **options)
 
 
 for _kind in KINDS:
