@@ -9,13 +9,17 @@ name       term (cooplib.losses)             features; published weight beta
 =========  ================================  ===============================================
 student    none (the pure student)           --
 kd         T^2 KL, T = 4 (Hinton et al.)     logits; RepDistiller/mdistiller 0.1 CE + 0.9 KD
-fitnet     hint_mse after a regressor        stage 2 (``layer2``, RepDistiller hint_layer 2); 100
+fitnet     hint_mse after ConvReg            stage 2 (``layer2``, RepDistiller hint_layer 2); 100
 at         attention_transfer, p = 2         ``layer1..3``, summed; 1000
-ft         factor_transfer (p = 1)           ``layer3`` via paraphraser/translator; 200
+ft         factor_transfer (p = 1)           ``layer3`` via paraphraser/translator; 200 (1000)
 rkd        25 distance + 50 angle            pooled features (``pool``); 1
 nst        nst (poly-kernel MMD)             ``layer1..3``, summed; 50
 pkt        pkt                               pooled features; 30000
 =========  ================================  ===============================================
+
+(``crd`` and ``dkd`` are kinds too, each in its module: `cooplib.methods.crd`,
+`cooplib.methods.dkd`, joined through `register_kind`.) AT, NST and FT pool the larger of
+two maps to the smaller (RepDistiller's adaptive average pooling, `losses.match_spatial`).
 
 The weights are those of RepDistiller's README and scripts (HobbitLong/RepDistiller,
 ``train_student.py``: loss = gamma CE + alpha KD + beta L_method; KD runs use gamma 0.1,
@@ -62,13 +66,25 @@ Adapters (FitNets' regressor, FT's paraphraser and translator) belong to the Lea
 are trained with it; ``deployable()`` returns the plain student network, so TeCost and
 exported weights never contain them.
 
-FT simplification (documented): RepDistiller pre-trains the paraphraser for 30 epochs
-(``--init_epochs``) before the student starts. Here the first ``warmup_epochs`` (default
-1) of the student's own schedule train the paraphraser (reconstruction MSE of the
-teacher's ``layer3`` map) while the student learns from CE only; afterwards the
-paraphraser is frozen (eval mode, no gradient) and the FT term is on. The paraphraser and
-translator are shallower than RepDistiller's (two conv-BN-LeakyReLU layers each, rate
-k = 0.5).
+FT follows HobbitLong/RepDistiller@b84f547: its loss (distiller_zoo/FT.py, the normalised
+channel mean of the squared factor) and weight 200, its ``Paraphraser`` (three 3x3 convs
+with bias, no BN, LeakyReLU 0.1, rate k = 0.5, and a three-layer transposed-conv decoder)
+and ``Translator`` (the same with BN), models/util.py. ``ft_convention="torchdistill"``
+takes torchdistill's loss (losses/mid_level.py ``FTLoss``: the normalised flattened
+factor, as the FT authors' code) and weight (1000, its official ImageNet config).
+RepDistiller pre-trains the paraphraser for 30 epochs (``--init_epochs``; helper/pretrain.py:
+reconstruction MSE, SGD lr 0.01, the student in eval mode and not trained) before the
+student's 240. Here the first ``warmup_epochs`` of the student's own run do it: the total
+is the reconstruction MSE alone, so the student and the translator get no gradient (SGD
+skips them: no step, no weight decay); afterwards the paraphraser is frozen (eval mode,
+no gradient) and the FT term is on. ``warmup_epochs=None`` (default) gives it
+RepDistiller's share of the run, 30 of 30 + 240 epochs, rounded, at least 1 and fewer
+than the run (`ft_warmup_epochs`). Remaining deviations: the paraphraser learns at the
+run's scheduled lr (one optimizer per run: no separate 0.01), and the warm-up forward
+passes update the student's BatchNorm statistics.
+
+FitNets' regressor is RepDistiller's ``ConvReg`` (models/util.py; mdistiller's
+distillers/_common.py is the same): for equal sizes a 1x1 conv with bias + BN + ReLU.
 """
 from __future__ import annotations
 
