@@ -121,3 +121,19 @@ def test_loader_yields_each_examples_dataset_index():
         assert torch.equal(yb, y[idx]) and torch.allclose(xb, x[idx].float() / 255)
         seen += idx.tolist()
     assert sorted(seen) == list(range(10))
+
+
+def test_crd_trains_through_the_loop(tmp_path):
+    """The loop binds the labels and passes the indices: the banks move, the teacher does not."""
+    import cooplib.methods.crd  # noqa: F401  (registers "crd")
+    from cooplib.engine import experiment
+    from cooplib.engine.config import RunConfig
+
+    base = RunConfig(method="baseline", dataset="digits", model="resnet8", epochs=1, batch_size=64, lr=0.1,
+                     train_size=120, test_size=60, schedule="cosine", device="cpu", deterministic=True, progress=False, tensorboard=False)
+    teacher = experiment.run(base, tmp_path)
+    result = experiment.run(base.replace(method="crd", method_args={"teacher": str(teacher.run_dir), "nce_k": 16,
+                                                                    "feat_dim": 8}), tmp_path)
+    assert result.final["last"]["train/crd/net"] > 0
+    learner = experiment.load_learner(result.run_dir)
+    assert learner.memory.n_data == 120 and bool((learner.memory.z > 0).all())
