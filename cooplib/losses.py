@@ -43,26 +43,60 @@ def hint_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(student.float(), teacher.float())
 
 
+def match_spatial(student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two maps at the smaller spatial size: the larger one adaptive-average-pooled
+    down, as RepDistiller's AT, NST and FT losses do before comparing (HobbitLong/
+    RepDistiller@b84f547, distiller_zoo/AT.py ``at_loss``, NST.py ``nst_loss``, FT.py
+    ``factor_loss``; they pool to (H, H) of the square maps, here (H, W))."""
+    (hs, ws), (ht, wt) = student.shape[2:], teacher.shape[2:]
+    if (hs, ws) == (ht, wt):
+        return student, teacher
+    size = (min(hs, ht), min(ws, wt))
+    if (hs, ws) != size:
+        student = F.adaptive_avg_pool2d(student, size)
+    if (ht, wt) != size:
+        teacher = F.adaptive_avg_pool2d(teacher, size)
+    return student, teacher
+
+
 def attention_map(f: torch.Tensor, p: float = 2.0) -> torch.Tensor:
-    """AT's spatial attention: the channel mean of |f|^p, flattened and L2-normalised per
-    sample (RepDistiller distiller_zoo/AT.py `at`, which raises f to p without abs: for
-    p = 2 the same)."""
+    """AT's spatial attention: the channel mean of f^p, flattened and L2-normalised per
+    sample (RepDistiller distiller_zoo/AT.py ``at``, which raises f to p without abs: for
+    p = 2 the same as |f|^p)."""
     return F.normalize(f.float().pow(p).mean(1).flatten(1), dim=1)
 
 
 def attention_transfer(student: torch.Tensor, teacher: torch.Tensor, p: float = 2.0) -> torch.Tensor:
     """Attention transfer (Zagoruyko & Komodakis 2017) for one pair of maps:
-    mean over batch and positions of (at(s) - at(t))^2 (RepDistiller AT.py `at_loss`).
-    Student and teacher maps must have the same spatial size."""
+    mean over batch and positions of (at(s) - at(t))^2, the larger map pooled to the
+    smaller first (RepDistiller@b84f547 distiller_zoo/AT.py ``at_loss``)."""
+    student, teacher = match_spatial(student.float(), teacher.float())
     return (attention_map(student, p) - attention_map(teacher, p)).pow(2).mean()
 
 
-def factor_transfer(student_factor: torch.Tensor, teacher_factor: torch.Tensor) -> torch.Tensor:
-    """Factor transfer (Kim et al. 2018), p = 1: mean |n(f_s) - n(f_t)| with n the per-sample
-    L2 normalisation of the flattened factor (RepDistiller distiller_zoo/FT.py)."""
-    s = F.normalize(student_factor.float().flatten(1), dim=1)
-    t = F.normalize(teacher_factor.float().flatten(1), dim=1)
-    return F.l1_loss(s, t)
+#: whose factor-transfer loss `factor_transfer` computes (see its docstring)
+FT_CONVENTIONS = ("repdistiller", "torchdistill")
+
+
+def factor_transfer(student_factor: torch.Tensor, teacher_factor: torch.Tensor,
+                    convention: str = "repdistiller") -> torch.Tensor:
+    """Factor transfer (Kim et al. 2018), p = 1: mean |n(F_s) - n(F_t)| over batch and entries.
+
+    - ``"repdistiller"`` (HobbitLong/RepDistiller@b84f547 distiller_zoo/FT.py, p1 = 2,
+      p2 = 1): n(F) is the per-sample L2-normalised channel mean of F^2 (an attention
+      map of the factor), after pooling the larger factor to the smaller size;
+    - ``"torchdistill"`` (yoshitomo-matsubara/torchdistill@3e4373c
+      torchdistill/losses/mid_level.py ``FTLoss``, p = 1, as the FT authors' code): n(F)
+      is the per-sample L2-normalised flattened factor; the shapes must be equal.
+    """
+    if convention == "repdistiller":
+        s, t = match_spatial(student_factor.float(), teacher_factor.float())
+        return (attention_map(s, 2.0) - attention_map(t, 2.0)).abs().mean()
+    if convention == "torchdistill":
+        s = F.normalize(student_factor.float().flatten(1), dim=1)
+        t = F.normalize(teacher_factor.float().flatten(1), dim=1)
+        return F.l1_loss(s, t)
+    raise ValueError(f"factor transfer convention must be one of {FT_CONVENTIONS}, got {convention!r}")
 
 
 def pairwise_distances(e: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -124,9 +158,11 @@ def _poly_kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def nst(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """Neuron selectivity transfer (Huang & Wang 2017): squared MMD with the polynomial
     kernel k(x, y) = (x . y)^2 between the L2-normalised channel activation maps of a
-    pair of stages (RepDistiller distiller_zoo/NST.py). Spatial sizes must match."""
-    s = F.normalize(student.float().flatten(2), dim=2)
-    t = F.normalize(teacher.float().flatten(2), dim=2)
+    pair of stages, the larger map pooled to the smaller first (RepDistiller@b84f547
+    distiller_zoo/NST.py ``nst_loss``, full_loss)."""
+    student, teacher = match_spatial(student.float(), teacher.float())
+    s = F.normalize(student.flatten(2), dim=2)
+    t = F.normalize(teacher.flatten(2), dim=2)
     return _poly_kernel(t, t).mean() - 2 * _poly_kernel(s, t).mean() + _poly_kernel(s, s).mean()
 
 
@@ -143,3 +179,41 @@ def pkt(student: torch.Tensor, teacher: torch.Tensor, eps: float = 1e-7) -> torc
 
     s, t = kernel(student), kernel(teacher)
     return (t * torch.log((t + eps) / (s + eps))).mean()
+
+
+def dkd(student: torch.Tensor, teacher: torch.Tensor, y: torch.Tensor, alpha: float = 1.0, beta: float = 8.0,
+        temperature: float = 4.0) -> torch.Tensor:
+    """Decoupled KD (Zhao et al., CVPR 2022): alpha TCKD + beta NCKD, each T^2 KL batch-mean
+    (megvii-research/mdistiller@a08d46f mdistiller/distillers/DKD.py ``dkd_loss``).
+
+    TCKD is the KL of the binary (target, all non-targets) probabilities; NCKD the KL of
+    the distributions over the non-target classes, the target logit pushed out of the
+    softmax by subtracting 1000 from logit/T, as mdistiller does (not -inf).
+    """
+    t = float(temperature)
+    zs, zt = student.float() / t, teacher.float() / t
+    gt = F.one_hot(y, zs.shape[1]).to(torch.bool)
+
+    def binary(p: torch.Tensor) -> torch.Tensor:
+        target = (p * gt).sum(1, keepdim=True)
+        return torch.cat([target, (p * ~gt).sum(1, keepdim=True)], dim=1)
+
+    b_s, b_t = binary(F.softmax(zs, dim=1)), binary(F.softmax(zt, dim=1))
+    tckd = F.kl_div(torch.log(b_s), b_t, reduction="sum") * t * t / len(y)
+    nckd = F.kl_div(F.log_softmax(zs - 1000.0 * gt, dim=1), F.softmax(zt - 1000.0 * gt, dim=1),
+                    reduction="sum") * t * t / len(y)
+    return alpha * tckd + beta * nckd
+
+
+def crd_nce(scores: torch.Tensor, n_data: int, eps: float = 1e-7) -> torch.Tensor:
+    """CRD's NCE loss (Tian et al. 2020, eq. 18) on the memory scores (N, 1 + K), the
+    positive first: -[sum log h(pos) + sum log(1 - h(neg))] / N with
+    h(x) = x / (x + K / n_data) (HobbitLong/RepDistiller@b84f547 crd/criterion.py
+    ``ContrastLoss``, its eps 1e-7)."""
+    scores = scores.float()
+    m = scores.shape[1] - 1
+    noise = m / float(n_data)
+    pos, neg = scores[:, 0], scores[:, 1:]
+    log_d1 = torch.log(pos / (pos + noise + eps))
+    log_d0 = torch.log(noise / (neg + noise + eps))
+    return -(log_d1.sum() + log_d0.sum()) / scores.shape[0]

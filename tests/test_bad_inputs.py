@@ -113,7 +113,7 @@ def test_an_unknown_name_stays_a_clear_error():
     ("one", {"expand_noise": "x"}, r"method 'one' option expand_noise must be a number, got 'x' \(str\)$"),
     ("kd", {"teacher": 123}, r"method 'kd' option teacher must be a string or null, got 123 \(int\)"),
     ("ft", {"teacher": "/runs/t", "warmup_epochs": 1.7},
-     r"method 'ft' option warmup_epochs must be an integer, got 1.7 \(float\)"),
+     r"method 'ft' option warmup_epochs must be an integer \(or null\), got 1.7 \(float\)"),
     ("coop_depth", {"factors": 0.5},
      r"method 'coop_depth' option factors must be a list like \[0.2, 0.4, 0.6, 0.8\], got 0.5 \(float\)"),
     ("coop_depth", {"factors": [0.3, 1.5]},

@@ -172,7 +172,10 @@ def test_byot_loss_terms():
     p = F.softmax(z["exit3"] / 3, 1)
     soft = sum(-(p * F.log_softmax(z[h] / 3, 1)).sum(1).mean() for h in ("exit1", "exit2"))
     assert torch.allclose(parts["kd/shallow"], 0.3 * soft, atol=1e-5)
-    hint = sum(((feats[i] - feats[2]) ** 2).sum().sqrt() for i in (0, 1))
+    # the official rule (train.py `index != 1`): exit2, right below the deepest, has no hint
+    a = learner.adaptation["exit1"]
+    hint = ((a(feats[0]) - feats[2]) ** 2).sum().sqrt()
+    assert list(learner.adaptation) == ["exit1"]
     assert torch.allclose(parts["hint/shallow"], 0.03 * hint, atol=1e-5)
 
 

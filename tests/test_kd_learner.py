@@ -100,8 +100,8 @@ def test_teacher_assignment():
     ("kd", "temperature", 0, "a number > 0"),
     ("kd", "temperature", -4.0, "a number > 0"),
     ("kd", "label_smoothing", 1.0, "a number in [0, 1) or None"),
-    ("ft", "warmup_epochs", 1.7, "an integer >= 0"),
-    ("ft", "warmup_epochs", -1, "an integer >= 0"),
+    ("ft", "warmup_epochs", 1.7, "an integer >= 0 or None"),
+    ("ft", "warmup_epochs", -1, "an integer >= 0 or None"),
     ("kd", "teacher", 123, "the path of a complete run directory (a string)"),
     ("kd", "convention", "torchdistill", "one of repdistiller, seed"),
 ])

@@ -42,7 +42,7 @@ def test_factor_transfer_hand():
     s, t = rand(3, 2, 4, 4), rand(3, 2, 4, 4, seed=1)
     ns = s.reshape(3, -1) / s.reshape(3, -1).norm(dim=1, keepdim=True)
     nt = t.reshape(3, -1) / t.reshape(3, -1).norm(dim=1, keepdim=True)
-    assert torch.allclose(losses.factor_transfer(s, t), (ns - nt).abs().mean(), rtol=1e-5)
+    assert torch.allclose(losses.factor_transfer(s, t, "torchdistill"), (ns - nt).abs().mean(), rtol=1e-5)
 
 
 def hand_rkd(s, t):

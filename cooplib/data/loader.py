@@ -70,7 +70,8 @@ def random_crop_flip(x: torch.Tensor, pad: int, flip: bool,
 
 
 class DeviceLoader:
-    """Iterate (x, y) batches with the whole dataset resident on ``device`` as uint8.
+    """Iterate (x, y) batches (``with_index``: (x, y, index)) with the whole dataset
+    resident on ``device`` as uint8.
 
     Shuffling and augmentation draw from the loader's own generator on the device, so
     the sequence is fixed by ``seed`` and resumable via :meth:`state_dict`, and no step
@@ -81,7 +82,8 @@ class DeviceLoader:
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, *,
                  device: torch.device | str, mean: Sequence[float], std: Sequence[float],
                  augment: Augment | None = None, shuffle: bool = False,
-                 drop_last: bool = False, seed: int = 0, channels_last: bool = False, views: int = 1) -> None:
+                 drop_last: bool = False, seed: int = 0, channels_last: bool = False, views: int = 1,
+                 with_index: bool = False) -> None:
         if x.dtype != torch.uint8 or x.ndim != 4:
             raise ValueError(f"x must be uint8 (N, C, H, W), got {x.dtype} {tuple(x.shape)}")
         if len(y) != len(x):
@@ -98,6 +100,7 @@ class DeviceLoader:
         self.batch_size = batch_size
         self.augment = augment if augment is not None else Augment.none()
         self.shuffle, self.drop_last, self.channels_last = shuffle, drop_last, channels_last
+        self.with_index = with_index  # yield (x, y, index): each example's position in the dataset
         self.seed = seed
         self.views = int(views)
         self.epoch = 0
@@ -138,7 +141,7 @@ class DeviceLoader:
             xb = self.normalize(xb)
             if self.views > 1:  # (V*B, ...) -> (V, B, ...): a view, each slice keeps its strides
                 xb = xb.view(self.views, len(yb), *xb.shape[1:])
-            yield xb, yb
+            yield (xb, yb, idx) if self.with_index else (xb, yb)
 
     def state_dict(self) -> dict:
         """The generator state (a CPU uint8 tensor) and epoch count; take it between epochs."""

@@ -241,6 +241,7 @@ def _fit(learner, data, config, run: runs.RunDir, device, ckpt, initial_optimize
     from ..models import flops
 
     torch.manual_seed(config.seed)
+    learner.bind_data(data.y_train)
     amp_dtype = runtime.resolved_dtype(resolved)
     channels_last = bool(resolved["channels_last"])
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -250,7 +251,7 @@ def _fit(learner, data, config, run: runs.RunDir, device, ckpt, initial_optimize
     common = dict(device=device, mean=data.mean, std=data.std, channels_last=channels_last)
     train_loader = DeviceLoader(
         data.x_train, data.y_train, config.batch_size, augment=data.augment.named(config.augment),
-        shuffle=True, seed=config.seed, views=learner.views, **common,
+        shuffle=True, seed=config.seed, views=learner.views, with_index=True, **common,
     )
     # with several ranks each evaluates its slice of the test set; the sums are reduced
     test_loader = DeviceLoader(distributed.shard(data.x_test), distributed.shard(data.y_test), max(config.batch_size, 256), **common)
@@ -287,12 +288,12 @@ def _fit(learner, data, config, run: runs.RunDir, device, ckpt, initial_optimize
             model.train()
             sums: dict[tuple[str, ...], torch.Tensor] = {}
             n = 0
-            for step, (x, y) in enumerate(train_loader):
+            for step, (x, y, idx) in enumerate(train_loader):
                 # every rank draws the global batch, trains on its slice (of each view: x is (V, B, ...) when V > 1)
-                x, y = distributed.shard(x, dim=x.ndim - 4), distributed.shard(y)
+                x, y, idx = distributed.shard(x, dim=x.ndim - 4), distributed.shard(y), distributed.shard(idx)
                 bs = y.shape[0]
                 for sub in range(learner.substeps):
-                    state = TrainState(epoch, config.epochs, step, steps, sub)
+                    state = TrainState(epoch, config.epochs, step, steps, sub, index=idx)
                     with amp():
                         heads = model(x)
                         total, parts = learner.loss(heads, y, state)

@@ -21,6 +21,9 @@ class TrainState:
     step: int  # 0-based step within the epoch
     steps_per_epoch: int
     substep: int = 0  # 0-based optimizer step within the batch (see Learner.substeps)
+    #: the training-set index of each example of the batch (the loop sets it; None outside
+    #: it), for losses with per-example state such as CRD's memory bank
+    index: torch.Tensor | None = None
 
     @property
     def progress(self) -> float:
@@ -53,6 +56,11 @@ class Learner(nn.Module):
     def after_step(self, state: TrainState) -> None:
         """Called by the loop right after each optimizer step (e.g. to update a temporal-mean
         copy of the weights); must not synchronise with the host. Default: nothing."""
+
+    def bind_data(self, y_train: torch.Tensor) -> None:
+        """Called by the loop once before training (and before a checkpoint is loaded) with
+        the training labels, indexed as `TrainState.index`; for per-example state sized by
+        the training set (CRD's memory bank). Default: nothing."""
 
     def deployable(self) -> nn.Module:
         """The network used at test time (for TeCost and export); default: self."""

@@ -9,13 +9,17 @@ name       term (cooplib.losses)             features; published weight beta
 =========  ================================  ===============================================
 student    none (the pure student)           --
 kd         T^2 KL, T = 4 (Hinton et al.)     logits; RepDistiller/mdistiller 0.1 CE + 0.9 KD
-fitnet     hint_mse after a regressor        stage 2 (``layer2``, RepDistiller hint_layer 2); 100
+fitnet     hint_mse after ConvReg            stage 2 (``layer2``, RepDistiller hint_layer 2); 100
 at         attention_transfer, p = 2         ``layer1..3``, summed; 1000
-ft         factor_transfer (p = 1)           ``layer3`` via paraphraser/translator; 200
+ft         factor_transfer (p = 1)           ``layer3`` via paraphraser/translator; 200 (1000)
 rkd        25 distance + 50 angle            pooled features (``pool``); 1
 nst        nst (poly-kernel MMD)             ``layer1..3``, summed; 50
 pkt        pkt                               pooled features; 30000
 =========  ================================  ===============================================
+
+(``crd`` and ``dkd`` are kinds too, each in its module: `cooplib.methods.crd`,
+`cooplib.methods.dkd`, joined through `register_kind`.) AT, NST and FT pool the larger of
+two maps to the smaller (RepDistiller's adaptive average pooling, `losses.match_spatial`).
 
 The weights are those of RepDistiller's README and scripts (HobbitLong/RepDistiller,
 ``train_student.py``: loss = gamma CE + alpha KD + beta L_method; KD runs use gamma 0.1,
@@ -62,13 +66,25 @@ Adapters (FitNets' regressor, FT's paraphraser and translator) belong to the Lea
 are trained with it; ``deployable()`` returns the plain student network, so TeCost and
 exported weights never contain them.
 
-FT simplification (documented): RepDistiller pre-trains the paraphraser for 30 epochs
-(``--init_epochs``) before the student starts. Here the first ``warmup_epochs`` (default
-1) of the student's own schedule train the paraphraser (reconstruction MSE of the
-teacher's ``layer3`` map) while the student learns from CE only; afterwards the
-paraphraser is frozen (eval mode, no gradient) and the FT term is on. The paraphraser and
-translator are shallower than RepDistiller's (two conv-BN-LeakyReLU layers each, rate
-k = 0.5).
+FT follows HobbitLong/RepDistiller@b84f547: its loss (distiller_zoo/FT.py, the normalised
+channel mean of the squared factor) and weight 200, its ``Paraphraser`` (three 3x3 convs
+with bias, no BN, LeakyReLU 0.1, rate k = 0.5, and a three-layer transposed-conv decoder)
+and ``Translator`` (the same with BN), models/util.py. ``ft_convention="torchdistill"``
+takes torchdistill's loss (losses/mid_level.py ``FTLoss``: the normalised flattened
+factor, as the FT authors' code) and weight (1000, its official ImageNet config).
+RepDistiller pre-trains the paraphraser for 30 epochs (``--init_epochs``; helper/pretrain.py:
+reconstruction MSE, SGD lr 0.01, the student in eval mode and not trained) before the
+student's 240. Here the first ``warmup_epochs`` of the student's own run do it: the total
+is the reconstruction MSE alone, so the student and the translator get no gradient (SGD
+skips them: no step, no weight decay); afterwards the paraphraser is frozen (eval mode,
+no gradient) and the FT term is on. ``warmup_epochs=None`` (default) gives it
+RepDistiller's share of the run, 30 of 30 + 240 epochs, rounded, at least 1 and fewer
+than the run (`ft_warmup_epochs`). Remaining deviations: the paraphraser learns at the
+run's scheduled lr (one optimizer per run: no separate 0.01), and the warm-up forward
+passes update the student's BatchNorm statistics.
+
+FitNets' regressor is RepDistiller's ``ConvReg`` (models/util.py; mdistiller's
+distillers/_common.py is the same): for equal sizes a 1x1 conv with bias + BN + ReLU.
 """
 from __future__ import annotations
 
@@ -91,10 +107,29 @@ from .base import Learner, TrainState
 CONVENTIONS = ("repdistiller", "seed")
 #: RepDistiller's beta per feature method (train_student.py / README), KD's alpha
 PUBLISHED_WEIGHT = {"kd": 0.9, "fitnet": 100.0, "at": 1000.0, "ft": 200.0, "rkd": 1.0, "nst": 50.0, "pkt": 30000.0}
+#: FT's weight under ``ft_convention="torchdistill"``: torchdistill's official FT config
+#: (configs/official/ilsvrc2012/yoshitomo-matsubara/rrpr2020/ft-resnet18_from_resnet34.yaml,
+#: ``factor_transfer`` weight 1000)
+FT_TORCHDISTILL_WEIGHT = 1000.0
+#: RepDistiller's paraphraser pre-training (train_student.py ``--init_epochs`` 30 before its
+#: 240 epochs; helper/pretrain.py lr 0.01 for ResNet/WRN students)
+FT_INIT_EPOCHS, FT_MAIN_EPOCHS = 30, 240
 #: which named modules each method reads (student and teacher alike)
 TAPS = {"student": (), "kd": (), "fitnet": ("layer2",), "at": ("layer1", "layer2", "layer3"),
         "ft": ("layer3",), "rkd": ("pool",), "nst": ("layer1", "layer2", "layer3"), "pkt": ("pool",)}
+#: every distillation method built on `Distill` (others join through `register_kind`)
 KINDS = tuple(TAPS)
+
+
+def register_kind(kind: str, taps: tuple[str, ...], weight: float) -> None:
+    """Make `kind` a `Distill` method defined in another module (crd.py, dkd.py): its
+    tapped modules and published weight; the engine then treats it as a KD method (its
+    teacher run is recorded, checked and rebuilt like the others')."""
+    global KINDS
+    TAPS[kind] = tuple(taps)
+    PUBLISHED_WEIGHT[kind] = float(weight)
+    if kind not in KINDS:
+        KINDS = KINDS + (kind,)
 
 
 def torchdistill_kd(student: torch.Tensor, teacher: torch.Tensor, y: torch.Tensor, alpha: float,
@@ -104,20 +139,71 @@ def torchdistill_kd(student: torch.Tensor, teacher: torch.Tensor, y: torch.Tenso
     return alpha * losses.cross_entropy(student, y) + (1 - alpha) * losses.kd_kl(student, teacher, temperature)
 
 
-def _conv_bn(cin: int, cout: int, act: nn.Module) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), act)
+def conv_reg(s_shape: tuple[int, ...], t_shape: tuple[int, ...]) -> nn.Sequential:
+    """FitNets' regressor as RepDistiller's ``ConvReg`` (HobbitLong/RepDistiller@b84f547
+    models/util.py; mdistiller's distillers/_common.py is the same): conv + BN + ReLU, the
+    conv with a bias and chosen by the spatial sizes: 1x1 for equal sizes, 3x3 stride 2
+    when the student's map is twice the teacher's, 4x4 stride-2 transposed conv when half.
+    (RepDistiller's other case, a (1 + Hs - Ht)-wide kernel, depends on the absolute input
+    size, which a Learner does not know when it is built: refused.)"""
+    (cs, hs, ws), (ct, ht, wt) = s_shape[-3:], t_shape[-3:]
+    if (hs, ws) == (ht, wt):
+        conv = nn.Conv2d(cs, ct, kernel_size=1)
+    elif (hs, ws) == (2 * ht, 2 * wt):
+        conv = nn.Conv2d(cs, ct, kernel_size=3, stride=2, padding=1)
+    elif (2 * hs, 2 * ws) == (ht, wt):
+        conv = nn.ConvTranspose2d(cs, ct, kernel_size=4, stride=2, padding=1)
+    else:
+        raise ConfigError(f"fitnet: no regressor from the student's {hs}x{ws} hint map to the teacher's {ht}x{wt} "
+                          f"(equal sizes or a factor of 2 only); pick a teacher with the student's stage strides")
+    return nn.Sequential(conv, nn.BatchNorm2d(ct), nn.ReLU())
+
+
+def _conv_act(cin: int, cout: int, bn: bool, transposed: bool = False) -> list[nn.Module]:
+    conv = (nn.ConvTranspose2d if transposed else nn.Conv2d)(cin, cout, 3, 1, 1)
+    return [conv, *([nn.BatchNorm2d(cout)] if bn else []), nn.LeakyReLU(0.1)]
+
+
+def paraphraser(c_t: int, k: float = 0.5) -> tuple[nn.Sequential, nn.Sequential]:
+    """FT's paraphraser (encoder, decoder) as RepDistiller's ``Paraphraser`` (models/util.py,
+    rate k = 0.5, ``use_bn=False``): three 3x3 convs with bias + LeakyReLU(0.1) down to
+    int(k c_t) channels, and three 3x3 transposed convs + LeakyReLU(0.1) back."""
+    m = int(c_t * k)
+    enc = nn.Sequential(*_conv_act(c_t, c_t, False), *_conv_act(c_t, m, False), *_conv_act(m, m, False))
+    dec = nn.Sequential(*_conv_act(m, m, False, True), *_conv_act(m, c_t, False, True),
+                        *_conv_act(c_t, c_t, False, True))
+    return enc, dec
+
+
+def translator(c_s: int, c_t: int, k: float = 0.5) -> nn.Sequential:
+    """FT's translator as RepDistiller's ``Translator`` (models/util.py, ``use_bn=True``):
+    three 3x3 convs with bias + BN + LeakyReLU(0.1), to int(k c_t) channels."""
+    m = int(c_t * k)
+    return nn.Sequential(*_conv_act(c_s, c_s, True), *_conv_act(c_s, m, True), *_conv_act(m, m, True))
 
 
 @torch.no_grad()
-def _channels(net: nn.Module, names: tuple[str, ...], in_channels: int) -> dict[str, int]:
-    """Channel count of each tapped output, from one probe forward (eval mode, 16x16)."""
+def _shapes(net: nn.Module, names: tuple[str, ...], in_channels: int) -> dict[str, tuple[int, ...]]:
+    """(C, H, W) of each tapped output, from one probe forward (eval mode, 32x32: cooplib's
+    networks have the same strides at every input size, so the size ratios hold)."""
     was = net.training
     net.eval()
     with Taps(net, names) as taps:
-        net(torch.zeros(2, in_channels, 16, 16))
-        shapes = {n: taps[n].shape[1] for n in names}
+        net(torch.zeros(2, in_channels, 32, 32))
+        shapes = {n: tuple(taps[n].shape[1:]) for n in names}
     net.train(was)
     return shapes
+
+
+def ft_warmup_epochs(warmup_epochs: int | None, epochs: int) -> int:
+    """FT's paraphraser epochs in a run of `epochs`: the given count, or (None) RepDistiller's
+    share of its budget, 30 of 30 + 240 epochs, rounded, at least 1 and below `epochs`."""
+    if warmup_epochs is None:
+        return min(epochs - 1, max(1, round(epochs * FT_INIT_EPOCHS / (FT_INIT_EPOCHS + FT_MAIN_EPOCHS))))
+    if warmup_epochs >= epochs:
+        raise ConfigError(f"ft option warmup_epochs={warmup_epochs} leaves no epoch of the {epochs}-epoch run for the "
+                          f"student: use fewer (None: {FT_INIT_EPOCHS}/{FT_INIT_EPOCHS + FT_MAIN_EPOCHS} of the run)")
+    return warmup_epochs
 
 
 class Distill(Learner):
@@ -126,12 +212,13 @@ class Distill(Learner):
     def __init__(self, kind: str, student: nn.Module, teacher: nn.Module | None = None, *,
                  in_channels: int = 3, convention: str = "repdistiller", weight: float | None = None,
                  alpha: float = 0.5, label_smoothing: float | None = None, temperature: float = 4.0,
-                 warmup_epochs: int = 1, teacher_top1: float | None = None) -> None:
+                 warmup_epochs: int | None = None, ft_convention: str = "repdistiller",
+                 teacher_top1: float | None = None) -> None:
         super().__init__()
         if kind not in KINDS:
             raise ConfigError(f"unknown distillation kind {kind!r}; known: {', '.join(KINDS)}")
         check_options(kind, convention=convention, weight=weight, alpha=alpha, label_smoothing=label_smoothing,
-                      temperature=temperature, warmup_epochs=warmup_epochs)
+                      temperature=temperature, warmup_epochs=warmup_epochs, ft_convention=ft_convention)
         if (teacher is None) != (kind == "student"):
             raise ConfigError(f"method {kind!r} " + ("needs teacher=<run dir>" if teacher is None
                                                       else "(the pure student) takes no teacher"))
@@ -139,11 +226,12 @@ class Distill(Learner):
         self.kind = kind
         self.net = student
         self.convention = convention
-        self.weight = float(PUBLISHED_WEIGHT.get(kind, 0.0) if weight is None else weight)
+        self.ft_convention = ft_convention
+        self.weight = float(published_weight(kind, ft_convention) if weight is None else weight)
         self.alpha = float(alpha)
         self.label_smoothing = float((0.1 if convention == "seed" else 0.0) if label_smoothing is None else label_smoothing)
         self.temperature = float(temperature)
-        self.warmup_epochs = int(warmup_epochs)
+        self.warmup_epochs = warmup_epochs
         self.teacher_top1 = teacher_top1
         self.taps = TAPS[kind]
         self._student_taps = Taps(self.net, self.taps)
@@ -159,17 +247,14 @@ class Distill(Learner):
     def _build_adapters(self, in_channels: int) -> None:
         if self.kind not in ("fitnet", "ft"):
             return
-        cs = _channels(self.net, self.taps, in_channels)
-        ct = _channels(self.teacher, self.taps, in_channels)
-        if self.kind == "fitnet":  # RepDistiller ConvReg for equal spatial sizes: conv3x3 + BN + ReLU
-            (name,) = self.taps
-            self.adapters["regressor"] = _conv_bn(cs[name], ct[name], nn.ReLU())
+        ss = _shapes(self.net, self.taps, in_channels)
+        st = _shapes(self.teacher, self.taps, in_channels)
+        (name,) = self.taps
+        if self.kind == "fitnet":
+            self.adapters["regressor"] = conv_reg(ss[name], st[name])
         else:
-            c_s, c_t = cs["layer3"], ct["layer3"]
-            m = max(1, round(c_t * 0.5))  # RepDistiller's paraphraser rate k = 0.5
-            self.adapters["paraphraser"] = nn.Sequential(_conv_bn(c_t, c_t, nn.LeakyReLU(0.1)), _conv_bn(c_t, m, nn.LeakyReLU(0.1)))
-            self.adapters["decoder"] = nn.Sequential(_conv_bn(m, c_t, nn.LeakyReLU(0.1)), nn.Conv2d(c_t, c_t, 3, 1, 1))
-            self.adapters["translator"] = nn.Sequential(_conv_bn(c_s, c_s, nn.LeakyReLU(0.1)), _conv_bn(c_s, m, nn.LeakyReLU(0.1)))
+            self.adapters["paraphraser"], self.adapters["decoder"] = paraphraser(st[name][0])
+            self.adapters["translator"] = translator(ss[name][0], st[name][0])
 
     def train(self, mode: bool = True) -> "Distill":
         """The teacher stays in eval mode (its BatchNorm statistics are frozen)."""
@@ -187,7 +272,7 @@ class Distill(Learner):
                                  **{n: f.detach() for n, f in self._teacher_taps.features().items()}}
         return {"net": logits}
 
-    def distill_term(self, logits: torch.Tensor, state: TrainState) -> dict[str, torch.Tensor]:
+    def distill_term(self, logits: torch.Tensor, y: torch.Tensor, state: TrainState) -> dict[str, torch.Tensor]:
         """The method's unweighted term(s) from the student's taps and the stored teacher outputs."""
         t, s = self._teacher_out, self._student_taps.features()
         if self.kind == "kd":
@@ -201,26 +286,24 @@ class Distill(Learner):
             return {"rkd": losses.rkd(s["pool"], t["pool"])}
         if self.kind == "pkt":
             return {"pkt": losses.pkt(s["pool"], t["pool"])}
-        # ft: paraphraser warm-up, then the frozen paraphraser's factor is the target
-        warm = state.epoch < self.warmup_epochs
+        # ft: the paraphraser's pre-training, then its (frozen) factor is the target
+        warm = state.epoch < ft_warmup_epochs(self.warmup_epochs, state.epochs)
         para = self.adapters["paraphraser"]
         para.train(warm and self.training)
-        dec = self.adapters["decoder"]
-        if warm:
-            factor_t = para(t["layer3"])
-            return {"ft_reconstruction": losses.hint_mse(dec(factor_t), t["layer3"])}
+        if warm:  # RepDistiller helper/pretrain.py: MSE of the reconstructed teacher map
+            return {"ft_reconstruction": losses.hint_mse(self.adapters["decoder"](para(t["layer3"])), t["layer3"])}
         with torch.no_grad():
             factor_t = para(t["layer3"])
-        return {"ft": losses.factor_transfer(self.adapters["translator"](s["layer3"]), factor_t)}
+        return {"ft": losses.factor_transfer(self.adapters["translator"](s["layer3"]), factor_t, self.ft_convention)}
 
     def loss(self, heads, y, state: TrainState):
         logits = heads["net"]
         ce = losses.cross_entropy(logits, y, self.label_smoothing)
         if self.kind == "student":
             return ce, {"ce/net": ce}
-        terms = self.distill_term(logits, state)
-        if "ft_reconstruction" in terms:  # FT warm-up: student CE, paraphraser reconstruction
-            total = ce + terms["ft_reconstruction"]
+        terms = self.distill_term(logits, y, state)
+        if "ft_reconstruction" in terms:  # FT pre-training: the paraphraser alone, the student frozen
+            total = terms["ft_reconstruction"]
         elif self.convention == "seed":
             total = (1 - self.alpha) * ce + self.alpha * sum(self._weight(k) * v for k, v in terms.items())
         else:
@@ -246,6 +329,13 @@ class Distill(Learner):
         return "net"
 
 
+def published_weight(kind: str, ft_convention: str = "repdistiller") -> float:
+    """The weight of `kind`'s term in its reference (FT's depends on whose FT)."""
+    if kind == "ft" and ft_convention == "torchdistill":
+        return FT_TORCHDISTILL_WEIGHT
+    return PUBLISHED_WEIGHT.get(kind, 0.0)
+
+
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -263,9 +353,13 @@ def check_options(kind: str, **options: Any) -> None:
                   "a number in [0, 1] (the distillation share; 1 - alpha weights the cross-entropy)"),
         "label_smoothing": (lambda v: v is None or (_number(v) and 0 <= v < 1), "a number in [0, 1) or None"),
         "temperature": (lambda v: _number(v) and v > 0, "a number > 0"),
-        "warmup_epochs": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an integer >= 0"),
+        "warmup_epochs": (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 0),
+                          "an integer >= 0 or None"),
+        "ft_convention": (lambda v: v in losses.FT_CONVENTIONS, f"one of {', '.join(losses.FT_CONVENTIONS)}"),
     }
     for name, value in options.items():
+        if name not in rules:  # a kind's own option, checked by its registry declaration
+            continue
         ok, allowed = rules[name]
         if not ok(value):
             raise ConfigError(f"{kind} option {name} must be {allowed}, got {value!r} ({type(value).__name__})")
@@ -331,30 +425,60 @@ def teacher_structure(identity: dict) -> nn.Module:
     return METHODS.build(method, model, nc, ic, **(identity.get("method_args") or {})).deployable()
 
 
+def resolve_teacher(kind: str, teacher: str | None, num_classes: int, in_channels: int
+                    ) -> tuple[nn.Module | None, float | None]:
+    """The teacher network and its test top-1 of a factory's ``teacher=`` (None for the
+    pure student): the recorded shape inside `recorded_teacher`, else the loaded run."""
+    if (teacher is None) != (kind == "student"):
+        raise ConfigError(f"method {kind!r} " + ("needs teacher=<run dir>" if teacher is None
+                                                  else "(the pure student) takes no teacher"))
+    if teacher is None:
+        return None, None
+    recorded = _RECORDED.get()
+    if recorded is not None:
+        return teacher_structure(recorded), recorded.get("top1")
+    return load_teacher(teacher, num_classes, in_channels)
+
+
 def _factory(kind: str):
     def build(model: str, num_classes: int, in_channels: int = 3, *, teacher: str | None = None,
               convention: str = "repdistiller", weight: float | None = None, alpha: float = 0.5,
-              label_smoothing: float | None = None, temperature: float = 4.0, warmup_epochs: int = 1) -> Distill:
-        check_options(kind, teacher=teacher, convention=convention, weight=weight, alpha=alpha,
-                      label_smoothing=label_smoothing, temperature=temperature, warmup_epochs=warmup_epochs)
-        if (teacher is None) != (kind == "student"):
-            raise ConfigError(f"method {kind!r} " + ("needs teacher=<run dir>" if teacher is None
-                                                      else "(the pure student) takes no teacher"))
-        student = models.build(model, num_classes, in_channels)
-        recorded = _RECORDED.get()
-        if teacher is None:
-            net, top1 = None, None
-        elif recorded is not None:
-            net, top1 = teacher_structure(recorded), recorded.get("top1")
-        else:
-            net, top1 = load_teacher(teacher, num_classes, in_channels)
-        return Distill(kind, student, net, in_channels=in_channels, convention=convention, weight=weight, alpha=alpha,
-                       label_smoothing=label_smoothing, temperature=temperature, warmup_epochs=warmup_epochs,
-                       teacher_top1=top1)
+              label_smoothing: float | None = None, temperature: float = 4.0,
+              warmup_epochs: int | None = None) -> Distill:
+        common = dict(convention=convention, weight=weight, alpha=alpha, label_smoothing=label_smoothing,
+                      temperature=temperature, warmup_epochs=warmup_epochs)
+        return _build(kind, model, num_classes, in_channels, teacher, **common)
     build.__name__ = f"build_{kind}"
     build.__doc__ = f"Registry factory: a `Distill` Learner of kind {kind!r} (see cooplib.methods.kd)."
     return build
 
 
+def _build(kind: str, model: str, num_classes: int, in_channels: int, teacher: str | None, *, cls: type | None = None,
+           extra: dict | None = None, **options) -> Distill:
+    """The Learner of a factory: `Distill` of `kind`, or `cls` (a subclass that fixes its
+    kind, taking the `extra` options of its own)."""
+    check_options(kind, teacher=teacher, **options)
+    if (teacher is None) != (kind == "student"):
+        resolve_teacher(kind, teacher, num_classes, in_channels)  # its error, before anything is built
+    student = models.build(model, num_classes, in_channels)  # first: its init follows the run's seed
+    net, top1 = resolve_teacher(kind, teacher, num_classes, in_channels)
+    if cls is None:
+        return Distill(kind, student, net, in_channels=in_channels, teacher_top1=top1, **options)
+    return cls(student, net, in_channels=in_channels, teacher_top1=top1, **(extra or {}), **options)
+
+
 for _kind in KINDS:
-    METHODS.register(_kind)(_factory(_kind))
+    if _kind != "ft":
+        METHODS.register(_kind)(_factory(_kind))
+
+
+@METHODS.register("ft", choices={"ft_convention": losses.FT_CONVENTIONS})
+def build_ft(model: str, num_classes: int, in_channels: int = 3, *, teacher: str | None = None,
+             convention: str = "repdistiller", weight: float | None = None, alpha: float = 0.5,
+             label_smoothing: float | None = None, temperature: float = 4.0, warmup_epochs: int | None = None,
+             ft_convention: str = "repdistiller") -> Distill:
+    """Registry factory: factor transfer; ``ft_convention`` picks whose loss and weight
+    (RepDistiller's, 200, or torchdistill's, 1000; see `cooplib.losses.factor_transfer`)."""
+    return _build("ft", model, num_classes, in_channels, teacher, convention=convention, weight=weight, alpha=alpha,
+                  label_smoothing=label_smoothing, temperature=temperature, warmup_epochs=warmup_epochs,
+                  ft_convention=ft_convention)

@@ -1,15 +1,21 @@
 """Multi-exit baselines of the cooperative-depth chapter, on ``models.depth.MultiExitResNet``.
 
 **BYOT** ("Be Your Own Teacher", Zhang et al., ICCV 2019): exits after every stage, the
-shallow ones with bottleneck heads. The deepest exit learns from the labels; each
-shallow exit i minimises, as the loss described for the official code,
+shallow ones with bottleneck heads. As the official code computes it
+(ArchipLab-LinfengZhang/pytorch-self-distillation-final@47ca93b, train.py): the deepest
+exit learns from the labels; each shallow exit i adds
 
-    (1 - alpha) CE(z_i, y) + alpha softCE(z_i, sg(z_deep); T) + beta ||f_i - sg(f_deep)||_2,
+    (1 - alpha) CE(z_i, y) + alpha softCE(z_i, sg(z_deep); T) [+ beta ||A_i(f_i) - sg(f_deep)||_2],
 
 alpha = 0.3, T = 3, beta = 0.03, softCE = -sum softmax(sg(z_deep)/T) log softmax(z_i/T)
-(batch-mean, no T^2; alpha and beta are weights in [0, 1], checked when built), f the pooled feature before each exit's classifier (all of the last
-stage's width here, so no adaptation layer is needed). Ours, not verified against the
-official code: the hint applies to every shallow exit.
+(batch-mean, no T^2; alpha and beta are weights in [0, 1], checked when built), f the
+pooled feature before each exit's classifier, A_i a linear adaptation layer (the code's
+``adaptation_layers``, trained with the network, not deployed) and ||.||_2 the norm over
+the whole batch (``torch.dist``). The feature hint skips one exit: the code's rule
+``index != 1`` over outputs ordered deepest first leaves out the shallow exit right
+below the deepest (its comment says "the shallowest", its code does not); here exit2.
+``hint_exits="all"`` puts the hint on every shallow exit (the paper's equation), and
+``adaptation=False`` compares the features directly (the conference version).
 
 **Early exit** (BranchyNet / Shallow-Deep Networks style): the same exits trained by the
 joint weighted CE sum_i w_i CE(z_i, y); at test time a sample stops at the first exit
@@ -66,14 +72,33 @@ class _Exits(Learner):
         return self.exit_heads[-1]
 
 
+#: which shallow exits get BYOT's feature hint
+HINT_EXITS = ("official", "all")
+
+
 class BYOT(_Exits):
     """Self-distillation from the deepest exit (logits and pooled features)."""
 
     method = "byot"
 
-    def __init__(self, multi, alpha: float = 0.3, temperature: float = 3.0, beta: float = 0.03) -> None:
+    def __init__(self, multi, alpha: float = 0.3, temperature: float = 3.0, beta: float = 0.03,
+                 hint_exits: str = "official", adaptation: bool = True) -> None:
         super().__init__(multi)
+        if hint_exits not in HINT_EXITS:
+            raise ValueError(f"hint_exits must be one of {HINT_EXITS}, got {hint_exits!r}")
         self.alpha, self.temperature, self.beta = float(alpha), float(temperature), float(beta)
+        shallow = self.exit_heads[:-1]
+        # official train.py: `if index != 1` with outputs deepest first skips the exit below the deepest
+        self.hinted = [h for h in shallow if hint_exits == "all" or h != shallow[-1]]
+        dims = self._feature_dims()
+        self.adaptation = nn.ModuleDict({h: nn.Linear(dims[h], dims[self.exit_heads[-1]])
+                                         for h in self.hinted}) if adaptation else None
+
+    @torch.no_grad()
+    def _feature_dims(self) -> dict[str, int]:
+        """Width of each exit's pooled feature (the heads' classifier inputs)."""
+        fcs = [h.fc for h in self.multi.heads] + [self.multi.net.fc]
+        return {h: fc.in_features for h, fc in zip(self.exit_heads, fcs)}
 
     def loss(self, heads, y, state: TrainState, feats: list[torch.Tensor] | None = None):
         feats = self._feats if feats is None else feats
@@ -83,7 +108,9 @@ class BYOT(_Exits):
         for h, f in zip(self.exit_heads[:-1], feats[:-1]):
             ce = ce + (1 - self.alpha) * losses.cross_entropy(heads[h], y)
             kd = kd + self.alpha * soft_ce(heads[h], deep.detach(), self.temperature)
-            hint = hint + self.beta * torch.dist(f.float(), f_deep.float())
+            if h in self.hinted:
+                a = self.adaptation[h](f) if self.adaptation is not None else f
+                hint = hint + self.beta * torch.dist(a.float(), f_deep.float())
         parts.update({"ce/shallow": ce, "kd/shallow": kd, "hint/shallow": hint})
         return torch.stack(list(parts.values())).sum(), parts
 
@@ -105,12 +132,13 @@ class EarlyExit(_Exits):
 
 
 @METHODS.register("byot", ranges={"alpha": (0, 1), "beta": (0, 1), "temperature": "(0, inf)"},
-                  choices={"shortcut": SHORTCUTS})
+                  choices={"shortcut": SHORTCUTS, "hint_exits": HINT_EXITS})
 def build_byot(model: str, num_classes: int, in_channels: int = 3, *, shortcut: str = "projection",
-               alpha: float = 0.3, temperature: float = 3.0, beta: float = 0.03) -> BYOT:
+               alpha: float = 0.3, temperature: float = 3.0, beta: float = 0.03, hint_exits: str = "official",
+               adaptation: bool = True) -> BYOT:
     """Registry factory: BYOT exits (bottleneck heads) on ``model``."""
     net = models.build(model, num_classes, in_channels, shortcut=shortcut)
-    return BYOT(MultiExitResNet(net, num_classes, "bottleneck"), alpha, temperature, beta)
+    return BYOT(MultiExitResNet(net, num_classes, "bottleneck"), alpha, temperature, beta, hint_exits, adaptation)
 
 
 @METHODS.register("early_exit", ranges={"exit_weights": (0, None)},
@@ -122,4 +150,4 @@ def build_early_exit(model: str, num_classes: int, in_channels: int = 3, *, shor
     return EarlyExit(MultiExitResNet(net, num_classes, head), exit_weights)
 
 
-__all__ = ["BYOT", "EarlyExit", "soft_ce"]
+__all__ = ["BYOT", "EarlyExit", "HINT_EXITS", "soft_ce"]
