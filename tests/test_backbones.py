@@ -295,7 +295,7 @@ def test_at_between_vgg13_teacher_and_vgg8_student():
     learner = Distill("at", student, teacher).train()
     x = torch.randn(4, *CIFAR)
     heads = learner(x)
-    term = learner.distill_term(heads["net"], TrainState(0, 1, 0, 1))["at"]
+    term = learner.distill_term(heads["net"], torch.zeros(4, dtype=torch.long), TrainState(0, 1, 0, 1))["at"]
     with torch.no_grad():
         _, ft = teacher.forward_features(x)
     _, fs = student.forward_features(x)  # train mode, as in the learner's forward
@@ -310,7 +310,7 @@ def test_fitnet_regressor_maps_student_layer2_to_teacher(teacher: str, student: 
     assert isinstance(reg, nn.Conv2d)
     assert (reg.in_channels, reg.out_channels) == (build(student, 5).feature_dims[1], build(teacher, 5).feature_dims[1])
     heads = learner.train()(torch.randn(2, *CIFAR))
-    loss = learner.distill_term(heads["net"], TrainState(0, 1, 0, 1))["fitnet"]
+    loss = learner.distill_term(heads["net"], torch.zeros(2, dtype=torch.long), TrainState(0, 1, 0, 1))["fitnet"]
     assert loss.ndim == 0 and torch.isfinite(loss)
 
 

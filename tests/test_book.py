@@ -69,7 +69,7 @@ def test_every_notebook_declares_cluster_and_the_profiles_cluster_reaches_it(tmp
     from papermill.parameterize import parameterize_notebook
 
     names = sorted(p.stem for p in profiles.NOTEBOOKS.glob("*.ipynb"))
-    assert len(names) == 8 and all(profiles.notebook_parameters(nb).get("cluster") == "None" for nb in names)
+    assert len(names) == 9 and all(profiles.notebook_parameters(nb).get("cluster") == "None" for nb in names)
     slurm = {"slurm": {"cores": 4, "memory": "8GB", "job_extra_directives": ["--gres=gpu:1"], "jobs": 2}}
     for spec in ("local:2", slurm):
         path = tmp_path / "cluster.yml"
