@@ -1,7 +1,9 @@
 """KDCL: Online Knowledge Distillation via Collaborative Learning (Guo, Wang, Wu, Yu, Liang,
 Hu, Luo, CVPR 2020).
 
-There is no official code; this follows the paper (Sec. 3, "Knowledge Distillation via
+There is no official code, and the paper's full text was not at hand when this was
+written: the rules below are its published description as we state it, to be checked
+against the paper (Sec. 3, "Knowledge Distillation via
 Collaborative Learning": the per-student loss, the four ways of building the ensemble
 teacher, and the per-student input distortion). K >= 2 students (any cooplib models,
 heterogeneous allowed) each see their *own* random augmentation of the batch

@@ -1,6 +1,7 @@
 """PCL: Peer Collaborative Learning for Online Knowledge Distillation (Wu & Gong, AAAI 2021).
 
-There is no official code; this follows the paper's method section (multi-branch network
+There is no official code, and the paper's full text was not at hand when this was
+written: this is the paper's method section as we restate it, to be checked against it (multi-branch network
 with per-peer input augmentation, peer ensemble teacher, peer mean teachers) as restated
 below, with every choice the paper leaves open named as an option.
 
