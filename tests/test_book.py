@@ -305,3 +305,12 @@ def test_every_chapter_that_trains_several_arms_has_an_explorer():
         cells = json.loads((profiles.NOTEBOOKS / f"{nb}.ipynb").read_text())["cells"]
         sources = ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]
         assert any("explore.explorer(" in s for s in sources), nb
+
+
+def test_a_profile_without_a_chapter_builds_a_table_of_contents_without_it(tmp_path):
+    assert make.chapters_not_in_profile("smoke") == set()  # the smoke book has every chapter
+    left_out = make.chapters_not_in_profile("fashion")
+    assert left_out == {"book/_executed/online_zoo"}
+    toc = yaml.safe_load(make.toc_without(left_out, tmp_path / "toc.yml").read_text())
+    files = [c["file"] for part in toc["parts"] for c in part["chapters"]]
+    assert "book/_executed/online_zoo" not in files and "book/_executed/dml" in files and "book/_executed/findings" in files

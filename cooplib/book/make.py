@@ -338,7 +338,7 @@ def build(profile: str | None = None) -> Path:
             f"nothing to build yet ({', '.join(missing) or 'build_info.md'} missing): "
             f"run `python -m cooplib.book run --profile smoke` first (or `make book`)"
         )
-    index = jupyter_book(REPO_ROOT, toc=_toc_without(not_run) if not_run else None)
+    index = jupyter_book(REPO_ROOT, toc=toc_without(not_run) if not_run else None)
     print(f"[cooplib.book] open {index}")
     return index
 
@@ -371,13 +371,13 @@ def chapters_not_in_profile(profile: str | None) -> set[str]:
             if e["file"].startswith("book/_executed/") and Path(e["file"]).name not in ran | {"findings"}}
 
 
-def _toc_without(files: set[str]) -> Path:
-    """A copy of `_toc.yml` without the chapters `files` (written under _build/)."""
+def toc_without(files: set[str], path: Path | None = None) -> Path:
+    """A copy of `_toc.yml` without the chapters `files`, written to `path` (default: under _build/)."""
     toc = yaml.safe_load((REPO_ROOT / "_toc.yml").read_text())
     for part in toc.get("parts", []):
         part["chapters"] = [c for c in part.get("chapters", []) if c["file"] not in files]
     toc["parts"] = [p for p in toc.get("parts", []) if p["chapters"]]
-    path = BUILD / "_toc.profile.yml"
+    path = path or BUILD / "_toc.profile.yml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(toc, sort_keys=False))
     return path
