@@ -42,7 +42,7 @@ def assign_teachers(student_seeds, teacher_seeds, mode: str = "same") -> list[tu
 
 def run_zoo(base, *, teacher_model: str, student_model: str, methods, seeds, teacher_seeds, assignment: str = "same",
             options: dict | None = None, teacher_options: dict | None = None, teacher_epochs: int | None = None,
-            out_dir=None, cluster=None):
+            method_options: dict | None = None, out_dir=None, cluster=None):
     """Train (or reuse: complete runs with the same config are not retrained) the teachers
     (``baseline`` runs of `teacher_model`, one per teacher seed) and the students of every
     method (`student_model`, seeds paired with teachers by `assign_teachers`), all from the
@@ -51,7 +51,8 @@ def run_zoo(base, *, teacher_model: str, student_model: str, methods, seeds, tea
     `cluster` is where the runs execute (`experiment.run_all`'s: a Dask Client, cluster
     object or spec; None: the running default client, else $COOPLIB_CLUSTER).
     Every notebook that needs these runs calls this with the same arguments, so each one
-    runs alone and all of them share the run directories."""
+    runs alone and all of them share the run directories. `method_options` ({method:
+    {option: value}}) adds options for one method only (e.g. CRD's number of negatives)."""
     options, teacher_options = dict(options or {}), dict(teacher_options or {})
     teacher_base = base if teacher_epochs is None else base.replace(epochs=int(teacher_epochs))
     teacher_cfgs = {t: teacher_base.replace(method="baseline", model=teacher_model, seed=t, method_args=teacher_options)
@@ -66,6 +67,7 @@ def run_zoo(base, *, teacher_model: str, student_model: str, methods, seeds, tea
             student_pairs = pairs
         for s, t in student_pairs:
             args = {k: v for k, v in options.items() if kind != "student" or k in ("convention", "label_smoothing")}
+            args.update((method_options or {}).get(kind, {}))
             if t is not None:
                 args["teacher"] = str(teacher_dirs[t])
             config = base.replace(method=kind, model=student_model, seed=s, method_args=args)
