@@ -72,8 +72,17 @@ def test_sigmoid_ramp():
     assert sigmoid_ramp(1, 4) == pytest.approx(math.exp(-5 * 0.75 ** 2))
 
 
-def test_ema_update_is_exact_and_only_touches_the_mean_parameters():
+def test_ema_warmup_is_mean_teachers_true_average_then_the_decay():
     learner = pcl(ema_decay=0.9)
+    steps = 10
+    factors = [learner.decay(TrainState(e, 3, s, steps)) for e in range(3) for s in range(steps)]
+    assert factors[:3] == [0.5, 1 - 1 / 3, 0.75]  # t = 1, 2, 3: 1 - 1/(t+1)
+    assert all(f == 0.9 for f in factors[9:])  # from t = 9 on the decay itself
+    assert pcl(ema_decay=0.9, ema_warmup=False).decay(TrainState(0, 3, 0, steps)) == 0.9
+
+
+def test_ema_update_is_exact_and_only_touches_the_mean_parameters():
+    learner = pcl(ema_decay=0.9, ema_warmup=False)
     g = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for p in learner.net.parameters():

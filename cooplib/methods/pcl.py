@@ -15,7 +15,9 @@ z_e = W [h_1; ...; h_m] + b (in place of ONE's gated logit sum, which the paper 
 cannot be optimised further). The **peer mean teachers** are the temporal mean of the whole
 network (shared layers and every peer): after each optimizer step (`after_step`)
 
-    theta'_t = ema_decay * theta'_{t-1} + (1 - ema_decay) * theta_t
+    theta'_t = a_t * theta'_{t-1} + (1 - a_t) * theta_t,   a_t = min(1 - 1/(t + 1), ema_decay)
+
+(the min is Mean Teacher's warm-up, ``ema_warmup``; without it a_t = ema_decay)
 
 for every parameter (BatchNorm statistics of the mean network come from its own forward
 passes, in train mode during training, as in Mean Teacher: CuriousAI/mean-teacher,
@@ -124,6 +126,7 @@ class PCL(Learner):
         pm_weight: float = 1.0,
         ramp_epochs: int = 0,
         separate_views: bool = True,
+        ema_warmup: bool = True,
     ) -> None:
         super().__init__()
         if not float(temperature) > 0:
@@ -140,6 +143,7 @@ class PCL(Learner):
         self.pe_weight, self.pm_weight = float(pe_weight), float(pm_weight)
         self.ramp_epochs = int(ramp_epochs)
         self.separate_views = bool(separate_views)
+        self.ema_warmup = bool(ema_warmup)
         #: one augmented view per peer (the loader's V)
         self.views = net.num_branches if self.separate_views else 1
 
@@ -178,12 +182,24 @@ class PCL(Learner):
         return total, parts
 
     @torch.no_grad()
+    def decay(self, state: TrainState) -> float:
+        """The EMA factor of this step: `ema_decay`, or with `ema_warmup` Mean Teacher's
+        min(1 - 1/(t + 1), ema_decay) at global step t = 1, 2, ... (CuriousAI/mean-teacher,
+        pytorch/main.py ``update_ema_variables``: "use the true average until the exponential
+        average is more correct"); without it a short run deploys mostly the initial weights
+        (0.999 ** 144 = 0.87 of them after 144 steps)."""
+        if not self.ema_warmup:
+            return self.ema_decay
+        t = state.epoch * state.steps_per_epoch + state.step + 1
+        return min(1.0 - 1.0 / (t + 1), self.ema_decay)
+
     def after_step(self, state: TrainState) -> None:
-        """theta' <- ema_decay * theta' + (1 - ema_decay) * theta, every parameter."""
+        """theta' <- decay * theta' + (1 - decay) * theta, every parameter (`decay`)."""
+        a = self.decay(state)
         mean = list(self.mean_net.parameters())
         live = [p.detach() for p in self.net.parameters()]
-        torch._foreach_mul_(mean, self.ema_decay)
-        torch._foreach_add_(mean, live, alpha=1.0 - self.ema_decay)
+        torch._foreach_mul_(mean, a)
+        torch._foreach_add_(mean, live, alpha=1.0 - a)
 
     def deployable(self) -> nn.Module:
         """The temporal mean of peer 0 with the shared layers (the paper's deployed model)."""
@@ -215,10 +231,12 @@ def build_pcl(
     pm_weight: float = 1.0,
     ramp_epochs: int = 0,
     separate_views: bool = True,
+    ema_warmup: bool = True,
 ) -> PCL:
     """Registry factory: PCL with ``branches`` peers on the CIFAR ResNet ``model``."""
     return PCL(PCLNet(model, num_classes, in_channels, branches), temperature=temperature, ema_decay=ema_decay,
-               pe_weight=pe_weight, pm_weight=pm_weight, ramp_epochs=ramp_epochs, separate_views=separate_views)
+               pe_weight=pe_weight, pm_weight=pm_weight, ramp_epochs=ramp_epochs, separate_views=separate_views,
+               ema_warmup=ema_warmup)
 
 
 __all__ = ["PCL", "PCLNet", "build_pcl", "sigmoid_ramp"]
