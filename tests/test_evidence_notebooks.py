@@ -17,7 +17,7 @@ import pytest
 from cooplib.base import profiles
 from cooplib.report import tables
 
-NOTEBOOKS = ["baseline", "one", "dml", "branch_expansion", "robustness", "cooperative_depth", "kd_zoo"]
+NOTEBOOKS = ["baseline", "one", "dml", "online_zoo", "branch_expansion", "robustness", "cooperative_depth", "kd_zoo"]
 
 
 @pytest.mark.slow
