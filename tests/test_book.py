@@ -314,3 +314,14 @@ def test_a_profile_without_a_chapter_builds_a_table_of_contents_without_it(tmp_p
     toc = yaml.safe_load(make.toc_without(left_out, tmp_path / "toc.yml").read_text())
     files = [c["file"] for part in toc["parts"] for c in part["chapters"]]
     assert "book/_executed/online_zoo" not in files and "book/_executed/dml" in files and "book/_executed/findings" in files
+
+
+def test_parameter_lines_parse_for_papermill():
+    """papermill skips (and warns about) a parameter line with more than one '=', then calls
+    the parameter unknown: the build terminal would fill with both warnings."""
+    import json
+
+    for path in sorted(profiles.NOTEBOOKS.glob("*.ipynb")):
+        cells = json.loads(path.read_text())["cells"]
+        source = "".join(next(c for c in cells if "parameters" in c["metadata"].get("tags", []))["source"])
+        assert [l for l in source.splitlines() if l.count("=") > 1] == [], path.name
