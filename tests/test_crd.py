@@ -137,3 +137,21 @@ def test_crd_trains_through_the_loop(tmp_path):
     assert result.final["last"]["train/crd/net"] > 0
     learner = experiment.load_learner(result.run_dir)
     assert learner.memory.n_data == 120 and bool((learner.memory.z > 0).all())
+
+
+def test_negatives_when_some_classes_have_too_few_others_and_the_rule_is_decided_once():
+    """Class 0 holds 24 of 30 images: its rows have 6 others (k = 10: with replacement), the
+    other classes' rows 24 (without); the none/all/mixed decision is cached per k."""
+    learner, _ = learner_with_data(n=30, classes=3, k=10)
+    y = torch.tensor([0] * 24 + [1] * 3 + [2] * 3)
+    learner.bind_data(y)
+    index = torch.tensor([0, 1, 25, 28])
+    s = learner.memory.sample(index, 10)
+    assert all(y[j] != y[i] for i, row in zip(index, s) for j in row[1:])
+    assert len(set(s[2, 1:].tolist())) == 10 and len(set(s[3, 1:].tolist())) == 10  # 27 others: distinct
+    assert set(s[0, 1:].tolist()) <= set(range(24, 30))  # only 6 others: repeats
+    assert learner.memory._short_mode == {10: "mixed"}
+    learner.memory.sample(index, 5)
+    assert learner.memory._short_mode == {10: "mixed", 5: "none"}
+    learner.bind_data(y)
+    assert learner.memory._short_mode == {}  # new labels: decided again

@@ -49,6 +49,7 @@ class ContrastMemory(nn.Module):
         self.register_buffer("memory_t", torch.zeros(0, feat_dim))
         self.register_buffer("labels", torch.zeros(0, dtype=torch.long))
         self.register_buffer("z", torch.full((2,), -1.0))  # Z of the student / teacher scores; < 0: unset
+        self._short_mode: dict[int, str] = {}  # k -> "none" | "all" | "mixed" (see `sample`)
 
     def bind(self, y_train: torch.Tensor) -> None:
         """Banks of N rows uniform in [-s, s], s = 1 / sqrt(feat_dim / 3) (memory.py)."""
@@ -58,12 +59,14 @@ class ContrastMemory(nn.Module):
         self.memory_t = torch.rand(n, self.feat_dim, device=dev).mul_(2 * stdv).add_(-stdv)
         self.labels = y_train.to(dev, torch.long).clone()
         self.z = torch.full((2,), -1.0, device=dev)
+        self._short_mode = {}
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         for name in ("memory_s", "memory_t", "labels"):
             if prefix + name in state_dict:
                 src = state_dict[prefix + name]
                 setattr(self, name, torch.empty_like(src, device=getattr(self, name).device))
+        self._short_mode = {}
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
@@ -75,11 +78,22 @@ class ContrastMemory(nn.Module):
         uniformly, without replacement unless its class leaves fewer than k."""
         y = self.labels[index]
         other = (self.labels[None, :] != y[:, None]).float()
-        short = other.sum(1) < k
-        neg = torch.empty(len(index), k, dtype=torch.long, device=index.device)
-        for rows, replace in ((~short, False), (short, True)):
-            if rows.any():
-                neg[rows] = torch.multinomial(other[rows], k, replacement=replace)
+        # whether a class leaves fewer than k others is fixed by the labels: decided once (one
+        # host sync per run, not per step); only a mix of both kinds needs masked rows
+        mode = self._short_mode.get(k)
+        if mode is None:
+            counts = len(self.labels) - torch.bincount(self.labels)
+            present = counts[torch.unique(self.labels)]
+            mode = self._short_mode[k] = ("none" if bool((present >= k).all()) else
+                                          "all" if bool((present < k).all()) else "mixed")
+        if mode != "mixed":
+            neg = torch.multinomial(other, k, replacement=mode == "all")
+        else:
+            short = other.sum(1) < k
+            neg = torch.empty(len(index), k, dtype=torch.long, device=index.device)
+            for rows, replace in ((~short, False), (short, True)):
+                if rows.any():
+                    neg[rows] = torch.multinomial(other[rows], k, replacement=replace)
         return torch.cat([index[:, None], neg], dim=1)
 
     def scores(self, v_s: torch.Tensor, v_t: torch.Tensor, sample_idx: torch.Tensor, temperature: float
