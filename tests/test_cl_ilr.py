@@ -20,7 +20,7 @@ from cooplib.methods.base import TrainState
 from cooplib.methods.cl_ilr import CLILR, build_cl_ilr
 from cooplib.models import build
 from cooplib.models.flops import cost, count_flops, count_params
-from cooplib.models.shared_trunk import SharedTrunkResNet, scale_grad
+from cooplib.models.shared_trunk import SharedTrunkNet, scale_grad
 
 SMALL = (3, 8, 8)
 
@@ -130,7 +130,7 @@ def close(a: torch.Tensor, b: torch.Tensor) -> None:
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * float(b.abs().max()))
 
 
-def _grads(net: SharedTrunkResNet, x: torch.Tensor, probe: torch.Tensor) -> dict[str, torch.Tensor]:
+def _grads(net: SharedTrunkNet, x: torch.Tensor, probe: torch.Tensor) -> dict[str, torch.Tensor]:
     """Gradients of a fixed linear function of the heads' logits (so only the rescaling differs)."""
     net.zero_grad(set_to_none=True)
     z, _ = net.forward_features(x)
@@ -141,9 +141,9 @@ def _grads(net: SharedTrunkResNet, x: torch.Tensor, probe: torch.Tensor) -> dict
 @pytest.mark.parametrize("sharing,k", [("layer2", 3), ("layer2", 4), ("tree", 4)])
 def test_bp_rescaling_divides_the_shared_gradient_by_k(sharing, k):
     torch.manual_seed(0)
-    scaled = SharedTrunkResNet("resnet8", 5, branches=k, sharing=sharing, bpscale=True)
+    scaled = SharedTrunkNet("resnet8", 5, branches=k, sharing=sharing, bpscale=True)
     torch.manual_seed(0)
-    plain = SharedTrunkResNet("resnet8", 5, branches=k, sharing=sharing, bpscale=False)
+    plain = SharedTrunkNet("resnet8", 5, branches=k, sharing=sharing, bpscale=False)
     g = torch.Generator().manual_seed(1)
     x, probe = torch.randn(6, *SMALL, generator=g), torch.randn(k, 6, 5, generator=g)
     with_ilr, without = _grads(scaled, x, probe), _grads(plain, x, probe)
@@ -163,10 +163,10 @@ def test_bp_rescaling_divides_the_shared_gradient_by_k(sharing, k):
 
 
 def test_tree_layout_follows_mcl_okd():
-    net = SharedTrunkResNet("resnet8", 5, branches=4, sharing="tree")
+    net = SharedTrunkNet("resnet8", 5, branches=4, sharing="tree")
     assert len(net.layer2s) == 2 and [net.group_of(i) for i in range(4)] == [0, 0, 1, 1]
     assert net.consumers() == (2, [2, 2])
-    odd = SharedTrunkResNet("resnet8", 5, branches=3, sharing="tree")
+    odd = SharedTrunkNet("resnet8", 5, branches=3, sharing="tree")
     assert odd.consumers() == (2, [2, 1])  # MCL-OKD: the last copy serves one head, no ILR on it
 
 
@@ -234,3 +234,29 @@ def test_exact_flop_counts():
     assert c["test_flops"] == count_flops(build("resnet8", 5), SMALL) == trunk + head == 1_563_264
     assert c["train_flops"] == trunk + 4 * head == 2_941_440
     assert cost(learner(sharing="tree"), SMALL)["train_flops"] == trunk + layer2 + 4 * head == 3_400_192
+
+
+@pytest.mark.parametrize("base", ["wrn_16_1", "vgg8", "mobilenetv2", "shufflenetv2"])
+def test_staged_backbones_share_their_low_stages(base):
+    """Any backbone of the shared layout gets heads: parameters = trunk + m heads exactly,
+    head 0's path initialised and computing as ``models.build(base)`` under the same seed."""
+    torch.manual_seed(5)
+    ref = build(base, 5)
+    torch.manual_seed(5)
+    net = SharedTrunkNet(base, 5, branches=3, bpscale=True)
+    trunk = sum(count_params(getattr(ref, part)) for part in ("stem", "layer1", "layer2"))
+    head = sum(count_params(getattr(ref, part)) for part in ("layer3", "pool", "fc"))
+    assert count_params(net) == trunk + 3 * head
+    path = net.branch_net(0)
+    assert all(torch.equal(path.state_dict()[k], v) for k, v in ref.state_dict().items())
+    net.eval(), ref.eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        z = net(x)
+        torch.testing.assert_close(z["branch0"], ref(x), rtol=0, atol=0)
+    assert not torch.equal(net.heads[0].fc.weight, net.heads[2].fc.weight)
+
+
+def test_staged_backbone_input_size_is_checked():
+    with pytest.raises(ConfigError, match="8x8"):
+        SharedTrunkNet("vgg8", 5, branches=2)(torch.randn(1, 3, 4, 4))

@@ -47,7 +47,7 @@ from torch import nn
 
 from .. import losses
 from ..base.registry import METHODS
-from ..models.shared_trunk import SHARINGS, SharedTrunkResNet
+from ..models.shared_trunk import SHARINGS, SharedTrunkNet
 from .base import Learner, TrainState
 from .one import branch_sums, sigmoid_ramp
 
@@ -69,7 +69,7 @@ class CLILR(Learner):
 
     def __init__(
         self,
-        net: SharedTrunkResNet,
+        net: SharedTrunkNet,
         temperature: float = 3.0,
         ce_weight: float = 1.0,
         kl_weight: float = 1.0,
@@ -149,9 +149,10 @@ def build_cl_ilr(
     detach_target: bool = True,
     ramp_epochs: int = 0,
 ) -> CLILR:
-    """Registry factory: CL-ILR with ``branches`` heads on the CIFAR ResNet ``model``
-    (4 heads, as both references); ``bpscale=False`` is the no-rescaling ablation."""
-    net = SharedTrunkResNet(model, num_classes, in_channels, branches=branches, sharing=sharing, bpscale=bpscale)
+    """Registry factory: CL-ILR with ``branches`` heads (4, as both references) on the
+    backbone ``model`` (a CIFAR ResNet as the references use, or any staged backbone);
+    ``bpscale=False`` is the no-rescaling ablation."""
+    net = SharedTrunkNet(model, num_classes, in_channels, branches=branches, sharing=sharing, bpscale=bpscale)
     return CLILR(net, temperature=temperature, ce_weight=ce_weight, kl_weight=kl_weight,
                  detach_target=detach_target, ramp_epochs=ramp_epochs)
 

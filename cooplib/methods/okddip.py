@@ -47,7 +47,7 @@ import torch
 from torch import nn
 
 from .. import losses
-from ..models.shared_trunk import SharedTrunkResNet
+from ..models.shared_trunk import SharedTrunkNet
 from ..base.registry import METHODS
 from .base import Learner, TrainState
 from .one import branch_sums, sigmoid_ramp
@@ -93,7 +93,7 @@ class OKDDip(Learner):
 
     def __init__(
         self,
-        net: SharedTrunkResNet,
+        net: SharedTrunkNet,
         temperature: float = 3.0,
         alpha: float = 1.0,
         factor: int = 8,
@@ -180,8 +180,9 @@ def build_okddip(
     ramp_epochs: int = 0,
 ) -> OKDDip:
     """Registry factory: OKDDip with ``branches`` heads (the leader + ``branches - 1``
-    peers; 4 as the reference) on the CIFAR ResNet ``model``."""
-    net = SharedTrunkResNet(model, num_classes, in_channels, branches=branches, sharing="layer2", bpscale=False)
+    peers; 4 as the reference) on the backbone ``model`` (a CIFAR ResNet as the
+    reference uses, or any staged backbone)."""
+    net = SharedTrunkNet(model, num_classes, in_channels, branches=branches, sharing="layer2", bpscale=False)
     return OKDDip(net, temperature=temperature, alpha=alpha, factor=factor, detach_targets=detach_targets,
                   ramp_epochs=ramp_epochs)
 

@@ -1,8 +1,12 @@
 """Peer heads over shared low layers, with optional backpropagation rescaling (no gate).
 
 The network of CL-ILR (Song & Chai, *Collaborative learning for deep neural networks*,
-NeurIPS 2018) and of OKDDip (Chen et al., AAAI 2020): every head is a CIFAR ResNet
-whose low stages it may share with other heads. Two sharing patterns:
+NeurIPS 2018) and of OKDDip (Chen et al., AAAI 2020): every head is a network of
+cooplib's shared layout (a CIFAR ResNet, or any backbone of `cooplib.models.staged`: WRN,
+VGG, MobileNetV2, ShuffleNets) whose low stages it may share with other heads. The
+references use CIFAR ResNets; on the other backbones the split points are the same named
+stages (e.g. VGG's blocks 3-4 or MobileNetV2's groups 3-6 are a head's ``layer3``). Two
+sharing patterns:
 
 - ``sharing="layer2"``: ``stem``, ``layer1`` and ``layer2`` shared, one ``layer3`` +
   ``pool`` + ``fc`` per head; the layout of DefangChen/OKDDip
@@ -39,6 +43,7 @@ from torch import nn
 
 from .. import models as _models  # late lookup: models/__init__ may import this module
 from .resnet import CifarResNet
+from .staged import StagedNet
 
 SHARINGS = ("layer2", "tree")
 
@@ -69,7 +74,7 @@ class PathNet(nn.Module):
     alone, a head is a plain ResNet.
     """
 
-    def __init__(self, model: "SharedTrunkResNet", i: int) -> None:
+    def __init__(self, model: "SharedTrunkNet", i: int) -> None:
         super().__init__()
         self.stem, self.layer1, self.layer2 = model.stem, model.layer1, model.layer2s[model.group_of(i)]
         head = model.heads[i]
@@ -82,7 +87,7 @@ class PathNet(nn.Module):
 class Head(nn.Module):
     """``layer3`` -> ``pool`` (the feature OKDDip's attention reads) -> ``fc``."""
 
-    def __init__(self, net: CifarResNet) -> None:
+    def __init__(self, net: CifarResNet | StagedNet) -> None:
         super().__init__()
         self.layer3, self.pool, self.fc = net.layer3, net.pool, net.fc
 
@@ -92,7 +97,7 @@ class Head(nn.Module):
         return self.fc(f), f
 
 
-class SharedTrunkResNet(nn.Module):
+class SharedTrunkNet(nn.Module):
     """m heads over shared low stages (see the module doc).
 
     ``forward(x)`` returns ``branch0 .. branch{m-1}`` (each head's logits);
@@ -108,7 +113,7 @@ class SharedTrunkResNet(nn.Module):
         branches: int = 4,
         sharing: str = "layer2",
         bpscale: bool = True,
-        **resnet_kwargs: Any,
+        **resnet_kwargs: Any,  # options of models.build(base)
     ) -> None:
         super().__init__()
         if not isinstance(branches, int) or branches < 1:
@@ -125,11 +130,13 @@ class SharedTrunkResNet(nn.Module):
         self.layer2s = nn.ModuleList(nets[g * self._per_group(branches)].layer2 for g in range(groups))
         self.heads = nn.ModuleList(Head(n) for n in nets)
         self.feature_dim = nets[0].feature_dims[2]
+        self._check_input = nets[0]._check_input if isinstance(nets[0], StagedNet) else None
 
-    def _build_net(self) -> CifarResNet:
+    def _build_net(self) -> CifarResNet | StagedNet:
         net = _models.build(self.base, self.num_classes, self.in_channels, **self.resnet_kwargs)
-        if not isinstance(net, CifarResNet):  # pragma: no cover - registry holds ResNets only
-            raise TypeError(f"{self.base!r} is not a CIFAR ResNet; shared heads need stem/layer1..3/pool/fc")
+        if not isinstance(net, (CifarResNet, StagedNet)):
+            raise TypeError(f"{self.base!r} is not in cooplib's shared layout; shared heads need "
+                            "stem/layer1..3/pool/fc")
         return net
 
     def _per_group(self, m: int) -> int:
@@ -159,6 +166,8 @@ class SharedTrunkResNet(nn.Module):
         """(m, B, C) logits and (m, B, D) pooled layer3 features of every head."""
         n_copies, n_heads = self.consumers()
         scale = self.bpscale
+        if self._check_input is not None:  # e.g. VGG's max pools need 8x8 or more
+            self._check_input(x)
         f1 = self.layer1(self.stem(x))
         f1 = scale_grad(f1, 1 / n_copies) if scale else f1
         f2 = []
@@ -183,4 +192,4 @@ class SharedTrunkResNet(nn.Module):
         return [p for h in self.heads for p in h.fc.parameters()]
 
 
-__all__ = ["SharedTrunkResNet", "PathNet", "Head", "scale_grad", "SHARINGS"]
+__all__ = ["SharedTrunkNet", "PathNet", "Head", "scale_grad", "SHARINGS"]
