@@ -14,7 +14,7 @@ from .dml import DML
 from .kd import Distill  # noqa: F401  (registers student, kd, fitnet, at, ft, rkd, nst, pkt)
 from .one import ONE
 from . import coop_depth, multi_exit, sandwich  # noqa: F401  (cooperative-depth chapter)
-from . import cl_ilr, kdcl, okddip, pcl  # noqa: F401  (online KD beside ONE and DML)
+from . import cl_ilr, kdcl, mcl_okd, okddip, pcl  # noqa: F401  (online KD beside ONE and DML)
 from . import crd, dkd  # noqa: F401  (registers crd and dkd as KD kinds)
 
 register = METHODS.register

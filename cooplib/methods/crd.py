@@ -36,6 +36,31 @@ FEAT_DIM, NCE_K, NCE_T, NCE_M, CRD_WEIGHT = 128, 16384, 0.07, 0.5, 0.8
 register_kind("crd", taps=("pool",), weight=CRD_WEIGHT)
 
 
+def contrast_sample(labels: torch.Tensor, index: torch.Tensor, k: int, modes: dict[int, str]) -> torch.Tensor:
+    """(B, 1 + k): each example's own index, then k indices of examples of *other* classes
+    drawn uniformly, without replacement unless its class leaves fewer than k (RepDistiller
+    ``CIFAR100InstanceSample``, mode "exact"). `modes` caches, per k, whether no, every or
+    some class leaves too few: it is fixed by the labels, so decided once (one host sync
+    per run, not per step); only a mix of both kinds needs masked rows."""
+    y = labels[index]
+    other = (labels[None, :] != y[:, None]).float()
+    mode = modes.get(k)
+    if mode is None:
+        counts = len(labels) - torch.bincount(labels)
+        present = counts[torch.unique(labels)]
+        mode = modes[k] = ("none" if bool((present >= k).all()) else
+                           "all" if bool((present < k).all()) else "mixed")
+    if mode != "mixed":
+        neg = torch.multinomial(other, k, replacement=mode == "all")
+    else:
+        short = other.sum(1) < k
+        neg = torch.empty(len(index), k, dtype=torch.long, device=index.device)
+        for rows, replace in ((~short, False), (short, True)):
+            if rows.any():
+                neg[rows] = torch.multinomial(other[rows], k, replacement=replace)
+    return torch.cat([index[:, None], neg], dim=1)
+
+
 class ContrastMemory(nn.Module):
     """The two memory banks (student's, teacher's), the labels and the constants Z.
 
@@ -74,27 +99,8 @@ class ContrastMemory(nn.Module):
         return self.memory_s.shape[0]
 
     def sample(self, index: torch.Tensor, k: int) -> torch.Tensor:
-        """(B, 1 + k): each example's own index, then k indices of other classes drawn
-        uniformly, without replacement unless its class leaves fewer than k."""
-        y = self.labels[index]
-        other = (self.labels[None, :] != y[:, None]).float()
-        # whether a class leaves fewer than k others is fixed by the labels: decided once (one
-        # host sync per run, not per step); only a mix of both kinds needs masked rows
-        mode = self._short_mode.get(k)
-        if mode is None:
-            counts = len(self.labels) - torch.bincount(self.labels)
-            present = counts[torch.unique(self.labels)]
-            mode = self._short_mode[k] = ("none" if bool((present >= k).all()) else
-                                          "all" if bool((present < k).all()) else "mixed")
-        if mode != "mixed":
-            neg = torch.multinomial(other, k, replacement=mode == "all")
-        else:
-            short = other.sum(1) < k
-            neg = torch.empty(len(index), k, dtype=torch.long, device=index.device)
-            for rows, replace in ((~short, False), (short, True)):
-                if rows.any():
-                    neg[rows] = torch.multinomial(other[rows], k, replacement=replace)
-        return torch.cat([index[:, None], neg], dim=1)
+        """(B, 1 + k): each example's own index, then k indices of other classes (`contrast_sample`)."""
+        return contrast_sample(self.labels, index, k, self._short_mode)
 
     def scores(self, v_s: torch.Tensor, v_t: torch.Tensor, sample_idx: torch.Tensor, temperature: float
                ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -175,4 +181,4 @@ def build_crd(model: str, num_classes: int, in_channels: int = 3, *, teacher: st
                   extra=dict(feat_dim=feat_dim, nce_k=nce_k, nce_t=nce_t, nce_m=nce_m, kd_weight=kd_weight))
 
 
-__all__ = ["CRD", "ContrastMemory", "build_crd"]
+__all__ = ["CRD", "ContrastMemory", "build_crd", "contrast_sample"]

@@ -5,7 +5,7 @@ NeurIPS 2018) and of OKDDip (Chen et al., AAAI 2020): every head is a network of
 cooplib's shared layout (a CIFAR ResNet, or any backbone of `cooplib.models.staged`: WRN,
 VGG, MobileNetV2, ShuffleNets) whose low stages it may share with other heads. The
 references use CIFAR ResNets; on the other backbones the split points are the same named
-stages (e.g. VGG's blocks 3-4 or MobileNetV2's groups 3-6 are a head's ``layer3``). Two
+stages (e.g. VGG's blocks 3-4 or MobileNetV2's groups 3-6 are a head's ``layer3``). Three
 sharing patterns:
 
 - ``sharing="layer2"``: ``stem``, ``layer1`` and ``layer2`` shared, one ``layer3`` +
@@ -16,13 +16,16 @@ sharing patterns:
   ``models/cl_ilr_resnet.py`` (commit 5de042a5fbd4829f82caa68facc7586f59ea3732):
   ``stem`` + ``layer1`` shared by all, ``ceil(m/2)`` copies of ``layer2``, copy g
   shared by heads 2g and 2g+1, one ``layer3`` + ``pool`` + ``fc`` per head.
+- ``sharing="layer1"``: ``stem`` + ``layer1`` shared, one ``layer2`` + ``layer3`` +
+  ``pool`` + ``fc`` per head; the network of MCL-OKD itself (winycg/MCL-OKD
+  ``models/mcl_okd_resnet.py``, same commit), which has no gradient rescaling.
 
 ``bpscale=True`` inserts *backpropagation rescaling* (``scale_grad``) at every split
 point: the forward pass is the identity and the gradient into the shared part is divided
 by the number of consumers, so the shared layers get the *mean* of the heads' gradients
 rather than their sum (the paper's fix for the shared layers otherwise learning m times
 faster than the heads). ``layer2``: 1/m on the ``layer2`` output (as resnet_one.py's
-``ILR``). ``tree``: 1/(number of ``layer2`` copies) on the ``layer1`` output and
+``ILR``). ``tree`` and ``layer1``: 1/(number of ``layer2`` copies) on the ``layer1`` output and
 1/(heads sharing the copy) on each ``layer2`` copy's output. MCL-OKD hard-codes 1/2 at
 both points, which is the same for its default of 4 heads (and for 3); with another head
 count its constant no longer matches the consumer count, and this module follows the
@@ -45,7 +48,7 @@ from .. import models as _models  # late lookup: models/__init__ may import this
 from .resnet import CifarResNet
 from .staged import StagedNet
 
-SHARINGS = ("layer2", "tree")
+SHARINGS = ("layer2", "tree", "layer1")
 
 
 class _ScaleGrad(torch.autograd.Function):
@@ -125,7 +128,7 @@ class SharedTrunkNet(nn.Module):
         self.resnet_kwargs = dict(resnet_kwargs)
         nets = [self._build_net() for _ in range(branches)]
         self.stem, self.layer1 = nets[0].stem, nets[0].layer1
-        groups = 1 if sharing == "layer2" else math.ceil(branches / 2)
+        groups = math.ceil(branches / self._per_group(branches))
         # layer2 copy g is network (g * heads per copy)'s, so head 0's path is network 0
         self.layer2s = nn.ModuleList(nets[g * self._per_group(branches)].layer2 for g in range(groups))
         self.heads = nn.ModuleList(Head(n) for n in nets)
@@ -140,7 +143,8 @@ class SharedTrunkNet(nn.Module):
         return net
 
     def _per_group(self, m: int) -> int:
-        return m if self.sharing == "layer2" else 2
+        """Heads reading one ``layer2`` copy."""
+        return {"layer2": m, "tree": 2, "layer1": 1}[self.sharing]
 
     @property
     def num_branches(self) -> int:
@@ -150,7 +154,7 @@ class SharedTrunkNet(nn.Module):
     def layer2(self) -> nn.Module:
         """The shared ``layer2`` (``sharing="layer2"`` only)."""
         if len(self.layer2s) != 1:
-            raise AttributeError("a tree-shared network has one layer2 per pair of heads: use layer2s")
+            raise AttributeError(f"a network shared at {self.sharing!r} has {len(self.layer2s)} layer2 copies: use layer2s")
         return self.layer2s[0]
 
     def group_of(self, i: int) -> int:
