@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from cooplib import losses
 from cooplib.methods.base import TrainState
-from cooplib.methods.kd import Distill, torchdistill_kd
+from cooplib.methods.kd import Distill, torchdistill_kd, weight_strength
 from torch import nn
 
 STATE = TrainState(epoch=0, epochs=1, step=0, steps_per_epoch=1)
@@ -169,3 +169,18 @@ def test_published_weight_applied(kind):
     total, parts = learner.loss(learner(x), y, STATE)
     w = {"at": 1000.0, "nst": 50.0, "rkd": 1.0, "pkt": 30000.0}[kind]
     assert math.isclose(float(total), float(parts["ce/net"] + w * parts[f"{kind}/net"]), rel_tol=1e-5)
+
+
+def test_weight_strength_follows_the_terms_normalisation_over_positions():
+    """AT's term on the same unit-norm maps at 4x fewer positions per side is 16x larger; FT's 4x."""
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.rand(4, 3, 32, 32, generator=g), torch.rand(4, 3, 32, 32, generator=g)
+    # maps alike but for resolution: each position of the 8x8 map repeated 4x4 times
+    small_s, small_t = s[:, :, ::4, ::4], t[:, :, ::4, ::4]
+    big_s, big_t = (m.repeat_interleave(4, 2).repeat_interleave(4, 3) for m in (small_s, small_t))
+    at_ratio = losses.attention_transfer(small_s, small_t) / losses.attention_transfer(big_s, big_t)
+    ft_ratio = losses.factor_transfer(small_s, small_t) / losses.factor_transfer(big_s, big_t)
+    assert at_ratio.item() == pytest.approx(weight_strength("at", (8, 8))) == pytest.approx(16.0)
+    assert ft_ratio.item() == pytest.approx(weight_strength("ft", (8, 8))) == pytest.approx(4.0)
+    assert weight_strength("kd", (8, 8)) == weight_strength("fitnet", (8, 8)) == 1.0
+    assert weight_strength("at", (32, 32)) == 1.0

@@ -979,7 +979,10 @@ def load_runs(root) -> pd.DataFrame:
         row.update(_flat("", meta["config"]))
         row.update({f"method_args.{k}": v for k, v in meta["config"].get("method_args", {}).items()})
         row["device_name"] = meta.get("device_name")
-        row.update({f"data.{k}": v for k, v in (meta.get("data") or {}).items() if k in ("n_train", "n_test", "num_classes")})
+        data = meta.get("data") or {}
+        row.update({f"data.{k}": v for k, v in data.items() if k in ("n_train", "n_test", "num_classes", "in_channels")})
+        if "image_size" in data:
+            row["data.image_size"] = tuple(data["image_size"])
         final = rd.final()
         if final is not None:
             row.update({k: final.get(k) for k in ("params", "train_flops", "test_params", "test_flops", "seconds", "epochs_done")})

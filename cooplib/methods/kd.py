@@ -119,6 +119,13 @@ TAPS = {"student": (), "kd": (), "fitnet": ("layer2",), "at": ("layer1", "layer2
         "ft": ("layer3",), "rkd": ("pool",), "nst": ("layer1", "layer2", "layer3"), "pkt": ("pool",)}
 #: every distillation method built on `Distill` (others join through `register_kind`)
 KINDS = tuple(TAPS)
+#: the input size the published weights were tuned on (RepDistiller's CIFAR-100)
+WEIGHT_TUNED_INPUT = (32, 32)
+#: how a term's value scales with the positions n = H x W of the maps it compares: AT
+#: averages squared differences of unit-norm attention maps over positions (~ 1 / n),
+#: RepDistiller's FT their absolute differences (~ 1 / sqrt n); the other terms compare
+#: logits, pooled features or per-position raw features, whose means do not depend on n
+POSITION_EXPONENT = {"at": 1.0, "ft": 0.5}
 
 
 def register_kind(kind: str, taps: tuple[str, ...], weight: float) -> None:
@@ -327,6 +334,17 @@ class Distill(Learner):
     @property
     def primary_head(self) -> str:
         return "net"
+
+
+def weight_strength(kind: str, image_size: tuple[int, int]) -> float:
+    """How many times stronger `kind`'s published weight acts on `image_size` inputs than on
+    the 32x32 inputs it was tuned on, for maps alike but for resolution (every tapped map
+    scales with the input): (1024 / (H W)) ** `POSITION_EXPONENT` (1: no dependence).
+    E.g. AT on 8x8 digits: 16. torchdistill's FT normalises the whole factor (~ 1 / sqrt
+    of its entries, the channels fixed), so both FT conventions scale alike."""
+    h, w = (int(v) for v in image_size)
+    ref = WEIGHT_TUNED_INPUT[0] * WEIGHT_TUNED_INPUT[1]
+    return (ref / (h * w)) ** POSITION_EXPONENT.get(kind, 0.0)
 
 
 def published_weight(kind: str, ft_convention: str = "repdistiller") -> float:
