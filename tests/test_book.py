@@ -285,6 +285,24 @@ def test_run_log_lines_reach_the_terminal_whole_and_none_is_lost(tmp_path):
                        "[cooplib] c: reused, 3 epochs, 0.1 s"]
 
 
+def test_chapters_that_reuse_runs_start_after_the_chapters_that_train_them():
+    """With --jobs, representations waits for kd_zoo and robustness for baseline, one and dml
+    (a kernel waiting on another's run lock would print a path and a pid into its page);
+    otherwise the profile's order."""
+    order = ["baseline", "one", "robustness", "kd_zoo", "representations", "dml"]
+    assert make.next_ready(order, {}) == "baseline"
+    assert make.next_ready(order[2:], {"one": None}) == "kd_zoo"  # robustness waits for one, then for dml
+    assert make.next_ready(["robustness", "representations", "dml"], {"kd_zoo": None}) == "dml"
+    assert make.next_ready(["robustness", "representations"], {"dml": None}) == "representations"
+    assert make.next_ready(["robustness", "representations"], {"dml": None, "kd_zoo": None}) is None
+    assert make.next_ready(["robustness", "representations"], {}) == "robustness"
+    assert make.next_ready(["representations"], {"robustness": None}) == "representations"
+    # every dependency is a chapter of the book, and none depends on itself through another
+    chapters = {p.stem for p in make.NOTEBOOKS.glob("*.ipynb")}
+    assert all({nb, *deps} <= chapters and not any(nb in make.REUSES_RUNS_OF.get(d, ()) for d in deps)
+               for nb, deps in make.REUSES_RUNS_OF.items())
+
+
 def test_book_run_restores_the_run_log_setting(tmp_path, monkeypatch):
     from cooplib.engine import experiment
 

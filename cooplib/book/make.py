@@ -36,6 +36,10 @@ STATIC = REPO_ROOT / "book" / "_assets"
 BUILD = REPO_ROOT / "_build"
 #: the small files of a run directory that a published book keeps (never weights)
 RECORD_FILES = ("config.json", "metrics.jsonl", "final.json")
+#: chapters that reuse another chapter's runs (same configurations): with --jobs they start
+#: only once those chapters are done, so a run is never trained by one kernel while the
+#: other waits on its lock (whose message, a path and a pid, would land in the page)
+REUSES_RUNS_OF = {"representations": ("kd_zoo",), "robustness": ("baseline", "one", "dml")}
 
 
 def execute(profile_name: str, only: list[str] | None = None, runs_dir: str | Path | None = None,
@@ -83,8 +87,15 @@ def execute(profile_name: str, only: list[str] | None = None, runs_dir: str | Pa
         results = []
         if jobs > 1:  # processes, not threads: papermill changes the process-wide working folder
             with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-                for done in as_completed([pool.submit(_execute_one, *a) for a in args]):
-                    results.append(done.result())
+                pending, running = list(args), {}
+                while pending or running:
+                    while len(running) < jobs and (ready := next_ready([a[1] for a in pending], running)):
+                        a = next(a for a in pending if a[1] == ready)
+                        pending.remove(a)
+                        running[ready] = pool.submit(_execute_one, *a)
+                    finished = next(as_completed(running.values()))
+                    del running[next(nb for nb, f in running.items() if f is finished)]
+                    results.append(finished.result())
                     bar.update()
             order = {a[1]: i for i, a in enumerate(args)}
             results.sort(key=lambda r: order[r[0]])
@@ -106,6 +117,13 @@ def execute(profile_name: str, only: list[str] | None = None, runs_dir: str | Pa
     if profile.get("publish") and not failures and not only and not runs_dir:
         publish(profile["name"], out_root)
     return failures
+
+
+def next_ready(pending: list[str], running: dict) -> str | None:
+    """The first of `pending` (in profile order) none of whose `REUSES_RUNS_OF` chapters is
+    still pending or running; None when every pending one waits."""
+    waiting = set(pending) | set(running)
+    return next((nb for nb in pending if not waiting.intersection(REUSES_RUNS_OF.get(nb, ()))), None)
 
 
 def follow_run_log(path: Path, stop: threading.Event, write=print, poll: float = 0.5) -> None:
