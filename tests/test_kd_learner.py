@@ -85,6 +85,23 @@ def test_rkd_trains_and_leaves_the_teacher_unchanged(teacher_run, tmp_path):
     assert result.final["last"]["train/test_top1/teacher"] == pytest.approx(teacher_run.final["last"]["test/net/top1"], rel=1e-5)
 
 
+def test_map_weights_as_tuned_divide_at_and_ft_by_their_strength_only():
+    from cooplib.engine.zoo import map_weight_options
+    from cooplib.methods.kd import effective_strength
+
+    kinds = ["student", "kd", "fitnet", "at", "ft", "crd"]
+    assert map_weight_options(kinds, (8, 8), "published") == {}
+    scaled = map_weight_options(kinds, (8, 8), "as_tuned")
+    assert scaled == {"at": {"weight": PUBLISHED_WEIGHT["at"] / 16}, "ft": {"weight": PUBLISHED_WEIGHT["ft"] / 4}}
+    assert map_weight_options(kinds, (32, 32), "as_tuned") == {}  # as printed where they were tuned
+    assert map_weight_options(["at"], (64, 64), "as_tuned") == {"at": {"weight": PUBLISHED_WEIGHT["at"] * 4}}
+    for kind, opts in scaled.items():  # the scaled weight acts on 8x8 as the published one on 32x32
+        assert effective_strength(kind, (8, 8), opts["weight"]) == pytest.approx(1.0)
+    assert effective_strength("at", (8, 8), None) == effective_strength("at", (8, 8), float("nan")) == 16.0
+    with pytest.raises(ConfigError, match="map_weights"):
+        map_weight_options(kinds, (8, 8), "scaled")
+
+
 def test_teacher_assignment():
     assert assign_teachers([0, 1, 2], [0, 1, 2], "same") == [(0, 0), (1, 0), (2, 0)]
     assert assign_teachers([0, 1], [0, 1], "matched") == [(0, 0), (1, 1)]

@@ -9,9 +9,12 @@ from __future__ import annotations
 import pandas as pd
 
 from ..base.errors import ConfigError
+from ..methods import kd
 from . import experiment, runs
 
 ASSIGNMENTS = ("same", "matched", "all")
+#: how AT's and FT's weights are set (`map_weight_options`)
+MAP_WEIGHTS = ("published", "as_tuned")
 
 
 def assign_teachers(student_seeds, teacher_seeds, mode: str = "same") -> list[tuple[int, int]]:
@@ -40,9 +43,26 @@ def assign_teachers(student_seeds, teacher_seeds, mode: str = "same") -> list[tu
     raise ConfigError(f"teacher assignment must be one of {ASSIGNMENTS}, got {mode!r}")
 
 
+def map_weight_options(methods, image_size: tuple[int, int], rule: str = "published",
+                       ft_convention: str = "repdistiller") -> dict[str, dict]:
+    """{method: {"weight": w}} for the methods whose term depends on the maps' size (AT, FT).
+
+    ``published``: none (each method's published weight, as printed; tuned on 32x32 CIFAR
+    inputs). ``as_tuned``: the published weight divided by `kd.weight_strength` for
+    `image_size`, so that it acts on these inputs as the published one does on 32x32 (the
+    same weight on 32x32; AT's divided by 16 on 8x8 digits). A named deviation from the
+    references, for inputs of another size."""
+    if rule not in MAP_WEIGHTS:
+        raise ConfigError(f"map_weights must be one of {MAP_WEIGHTS}, got {rule!r}")
+    if rule == "published":
+        return {}
+    return {m: {"weight": kd.published_weight(m, ft_convention) / kd.weight_strength(m, image_size)}
+            for m in methods if kd.weight_strength(m, image_size) != 1.0}
+
+
 def run_zoo(base, *, teacher_model: str, student_model: str, methods, seeds, teacher_seeds, assignment: str = "same",
             options: dict | None = None, teacher_options: dict | None = None, teacher_epochs: int | None = None,
-            method_options: dict | None = None, out_dir=None, cluster=None):
+            method_options: dict | None = None, map_weights: str = "published", out_dir=None, cluster=None):
     """Train (or reuse: complete runs with the same config are not retrained) the teachers
     (``baseline`` runs of `teacher_model`, one per teacher seed) and the students of every
     method (`student_model`, seeds paired with teachers by `assign_teachers`), all from the
@@ -52,8 +72,15 @@ def run_zoo(base, *, teacher_model: str, student_model: str, methods, seeds, tea
     object or spec; None: the running default client, else $COOPLIB_CLUSTER).
     Every notebook that needs these runs calls this with the same arguments, so each one
     runs alone and all of them share the run directories. `method_options` ({method:
-    {option: value}}) adds options for one method only (e.g. CRD's number of negatives)."""
+    {option: value}}) adds options for one method only (e.g. CRD's number of negatives);
+    `map_weights` sets AT's and FT's weights (`map_weight_options`; a weight given in
+    `method_options` wins)."""
     options, teacher_options = dict(options or {}), dict(teacher_options or {})
+    if map_weights != "published":
+        scaled = map_weight_options(methods, experiment.load_data(base).image_size, map_weights,
+                                    options.get("ft_convention", "repdistiller"))
+        given = method_options or {}
+        method_options = {m: {**scaled.get(m, {}), **given.get(m, {})} for m in {*scaled, *given}}
     teacher_base = base if teacher_epochs is None else base.replace(epochs=int(teacher_epochs))
     teacher_cfgs = {t: teacher_base.replace(method="baseline", model=teacher_model, seed=t, method_args=teacher_options)
                     for t in teacher_seeds}

@@ -347,6 +347,15 @@ def weight_strength(kind: str, image_size: tuple[int, int]) -> float:
     return (ref / (h * w)) ** POSITION_EXPONENT.get(kind, 0.0)
 
 
+def effective_strength(kind: str, image_size: tuple[int, int], weight: float | None = None,
+                       ft_convention: str = "repdistiller") -> float:
+    """How strongly `kind`'s term acts on `image_size` inputs at `weight` (None or NaN: the
+    published one), relative to the published weight on 32x32 inputs (1: as tuned)."""
+    published = published_weight(kind, ft_convention)
+    scale = 1.0 if weight is None or weight != weight else float(weight) / published
+    return weight_strength(kind, image_size) * scale
+
+
 def published_weight(kind: str, ft_convention: str = "repdistiller") -> float:
     """The weight of `kind`'s term in its reference (FT's depends on whose FT)."""
     if kind == "ft" and ft_convention == "torchdistill":
