@@ -145,6 +145,16 @@ class Chromium:
         self.events.clear()
         self.call("Page.navigate", url=url)
         self.wait_for("Page.loadEventFired")
+        for attempt in range(3):
+            try:
+                self._settle(settle)
+                return
+            except RuntimeError as exc:  # a redirect page (the book's index.html) moved on meanwhile
+                if "navigated or closed" not in str(exc) or attempt == 2:
+                    raise
+                time.sleep(1.0)  # the page it moved to loads; then wait for it as for the first
+
+    def _settle(self, settle: float) -> None:
         # MathJax typesets after the load event; wait until its queue is empty
         deadline = time.time() + 30
         while time.time() < deadline and not self.evaluate(
