@@ -190,3 +190,19 @@ def test_tiny_digits_run_records_every_head(tmp_path):
         assert f"test/{head}/top1" in last and f"test/{head}/top5" in last
     assert {"train/ce/ensemble", "train/kl/ensemble", "train/kl/mean"} <= set(last)
     assert res.final["primary_head"] == "mean0"
+
+
+@pytest.mark.parametrize("base", ["wrn_16_1", "vgg8"])
+def test_staged_backbones_get_peers(base):
+    """Any backbone of the shared layout: one network plus m - 1 more layer3 + pool + fc and
+    the ensemble classifier; each peer computes as its path alone."""
+    m, c = 2, 4
+    net = build(base, c, 3)
+    learner = METHODS.build("pcl", base, c, 3, branches=m).eval()
+    branch = sum(count_params(getattr(net, part)) for part in ("layer3", "pool", "fc"))
+    assert count_params(learner) == count_params(net) + (m - 1) * branch + (m * net.fc.in_features + 1) * c
+    x = torch.randn(m, 2, 3, 16, 16)
+    with torch.no_grad():
+        heads = learner(x)
+        for i in range(m):
+            torch.testing.assert_close(heads[f"branch{i}"], learner.net.branch_net(i)(x[i]), rtol=1e-5, atol=1e-5)

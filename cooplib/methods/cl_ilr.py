@@ -43,13 +43,12 @@ shared and head layers to 5e-7.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from .. import losses
 from ..base.registry import METHODS
 from ..models.shared_trunk import SHARINGS, SharedTrunkNet
-from .base import Learner, TrainState
-from .one import branch_sums, sigmoid_ramp
+from .base import TrainState
+from .one import BranchLearner, sigmoid_ramp
 
 
 def mean_of_others(logits: torch.Tensor) -> torch.Tensor:
@@ -58,7 +57,7 @@ def mean_of_others(logits: torch.Tensor) -> torch.Tensor:
     return (logits.sum(0, keepdim=True) - logits) / (k - 1)
 
 
-class CLILR(Learner):
+class CLILR(BranchLearner):
     """K heads trained with CE plus KL towards the mean of the other heads (see the module doc).
 
     Loss parts: ``ce/branches`` and ``kl/branches`` (sums over the heads, already weighted;
@@ -91,10 +90,6 @@ class CLILR(Learner):
         self.detach_target = bool(detach_target)
         self.ramp_epochs = int(ramp_epochs)
 
-    @property
-    def branch_heads(self) -> list[str]:
-        return [f"branch{i}" for i in range(self.net.num_branches)]
-
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         z, _ = self.net.forward_features(x)
         heads = {h: zi for h, zi in zip(self.branch_heads, z.unbind(0))}
@@ -112,21 +107,7 @@ class CLILR(Learner):
         parts = {"ce/branches": self.ce_weight * ce, "kl/branches": self.kl_weight * w * kl}
         return parts["ce/branches"] + parts["kl/branches"], parts
 
-    def diagnostics(self, heads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Pairwise disagreement and KL between the heads (ONE's `branch_sums`)."""
-        return branch_sums(torch.stack([heads[h] for h in self.branch_heads]))
 
-    def deployable(self) -> nn.Module:
-        """Head 0 with its shared layers (sharing parameters)."""
-        return self.net.branch_net(0)
-
-    @property
-    def primary_head(self) -> str:
-        return "branch0"
-
-    def last_layer_parameters(self) -> list[nn.Parameter]:
-        """Every head's classifier (as ONE pools every branch's)."""
-        return self.net.classifier_parameters()
 
 
 @METHODS.register(

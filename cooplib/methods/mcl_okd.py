@@ -47,9 +47,9 @@ from .. import losses
 from ..base.errors import ConfigError
 from ..base.registry import METHODS
 from ..models.shared_trunk import SharedTrunkNet
-from .base import Learner, TrainState
+from .base import TrainState
 from .crd import contrast_sample
-from .one import branch_sums
+from .one import BranchLearner
 
 #: winycg/MCL-OKD main_cifar_mcl_okd.py defaults (--kd_T, --gamma, --alpha, --beta,
 #: --feat-dim, --nce_t, --nce_m, --num-branches) and its README's --nce_k for ResNet-32
@@ -73,7 +73,7 @@ def pair_contrast(v: torch.Tensor, memory: torch.Tensor, sample_idx: torch.Tenso
     return losses.crd_nce(flat, n_data) * scores.shape[0]
 
 
-class MCLOKD(Learner):
+class MCLOKD(BranchLearner):
     """m peers on a shared stem + layer1, one distilled from their mean, contrastive banks."""
 
     method = "mcl_okd"
@@ -106,10 +106,6 @@ class MCLOKD(Learner):
                 setattr(self, name, torch.empty_like(state_dict[prefix + name], device=getattr(self, name).device))
         self._modes = {}
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
-    @property
-    def branch_heads(self) -> list[str]:
-        return [f"branch{i}" for i in range(self.net.num_branches)]
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         z, f = self.net.forward_features(x)  # (m, B, C), (m, B, D)
@@ -146,20 +142,9 @@ class MCLOKD(Learner):
         return torch.stack(list(parts.values())).sum(), parts
 
     def diagnostics(self, heads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Pairwise disagreement and KL between the peers (ONE's `branch_sums`)."""
         self._features = None  # evaluation computes no loss
-        return branch_sums(torch.stack([heads[h] for h in self.branch_heads]))
+        return super().diagnostics(heads)
 
-    def deployable(self) -> nn.Module:
-        """Peer 0 (the one distilled from the mean) with the shared layers."""
-        return self.net.branch_net(0)
-
-    @property
-    def primary_head(self) -> str:
-        return "branch0"
-
-    def last_layer_parameters(self) -> list[nn.Parameter]:
-        return self.net.classifier_parameters()
 
 
 @METHODS.register(

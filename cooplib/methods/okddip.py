@@ -49,8 +49,8 @@ from torch import nn
 from .. import losses
 from ..models.shared_trunk import SharedTrunkNet
 from ..base.registry import METHODS
-from .base import Learner, TrainState
-from .one import branch_sums, sigmoid_ramp
+from .base import TrainState
+from .one import BranchLearner, sigmoid_ramp
 
 
 def attention_weights(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -86,7 +86,7 @@ def okddip_terms(
     }
 
 
-class OKDDip(Learner):
+class OKDDip(BranchLearner):
     """A group leader and m - 1 auxiliary peers with attention-built targets (module doc)."""
 
     method = "okddip"
@@ -120,10 +120,6 @@ class OKDDip(Learner):
         self.ramp_epochs = int(ramp_epochs)
         self._attention: torch.Tensor | None = None
 
-    @property
-    def branch_heads(self) -> list[str]:
-        return [f"branch{i}" for i in range(self.net.num_branches)]
-
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         z, f = self.net.forward_features(x)  # (m, B, C), (m, B, D)
         # kept (in the graph) for `loss`, as the distillation Learners keep teacher outputs
@@ -145,21 +141,9 @@ class OKDDip(Learner):
         return torch.stack(list(parts.values())).sum(), parts
 
     def diagnostics(self, heads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Pairwise disagreement and KL between all heads (ONE's `branch_sums`)."""
         self._attention = None  # evaluation computes no loss
-        return branch_sums(torch.stack([heads[h] for h in self.branch_heads]))
+        return super().diagnostics(heads)
 
-    def deployable(self) -> nn.Module:
-        """The group leader with its shared layers (sharing parameters)."""
-        return self.net.branch_net(0)
-
-    @property
-    def primary_head(self) -> str:
-        return "branch0"
-
-    def last_layer_parameters(self) -> list[nn.Parameter]:
-        """Every head's classifier (as ONE pools every branch's)."""
-        return self.net.classifier_parameters()
 
 
 @METHODS.register(

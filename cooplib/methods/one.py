@@ -96,7 +96,33 @@ def branch_sums(branch_logits: torch.Tensor, gate: torch.Tensor | None = None) -
     return out
 
 
-class ONE(Learner):
+class BranchLearner(Learner):
+    """A Learner over a network of m branches (``self.net``: ``num_branches``,
+    ``branch_net(i)``, ``classifier_parameters()``): heads ``branch0 ..``, branch 0 with
+    its shared layers deployed, every branch's classifier the gradient-ratio reference."""
+
+    @property
+    def branch_heads(self) -> list[str]:
+        return [f"branch{i}" for i in range(self.net.num_branches)]
+
+    def diagnostics(self, heads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Pairwise disagreement and KL between the branches (`branch_sums`)."""
+        return branch_sums(torch.stack([heads[h] for h in self.branch_heads]))
+
+    def deployable(self) -> nn.Module:
+        """Branch 0 with its shared layers (sharing parameters)."""
+        return self.net.branch_net(0)
+
+    @property
+    def primary_head(self) -> str:
+        return "branch0"
+
+    def last_layer_parameters(self) -> list[nn.Parameter]:
+        """Every branch's classifier."""
+        return self.net.classifier_parameters()
+
+
+class ONE(BranchLearner):
     """m branches trained with CE, plus CE of the teacher and KL from it to each branch.
 
     Heads: ``branch0..branch{m-1}``, ``ensemble`` (ONE-E) and ``average``. The deployed
@@ -155,10 +181,6 @@ class ONE(Learner):
     @packed.setter
     def packed(self, value: bool) -> None:
         self.net.packed = value
-
-    @property
-    def branch_heads(self) -> list[str]:
-        return [f"branch{i}" for i in range(self.net.num_branches)]
 
     @property
     def teacher_head(self) -> str:
@@ -229,18 +251,6 @@ class ONE(Learner):
             return None
         return _expand.expanded_optimizer_state(optimizer_state, parent, self, grown.branch_sources, grown.fresh_fc)
 
-    def deployable(self) -> nn.Module:
-        """Branch 0 with the shared layers (sharing parameters): the ONE target net."""
-        return self.net.branch_net(0)
-
-    @property
-    def primary_head(self) -> str:
-        return "branch0"
-
-    def last_layer_parameters(self) -> list[nn.Parameter]:
-        """The classifiers of all branches (the gradient-ratio scheduler's reference)."""
-        return self.net.classifier_parameters()
-
 
 @METHODS.register(
     "one",
@@ -272,4 +282,4 @@ def build_one(
                expand=expand, expand_noise=expand_noise, expand_prior=expand_prior, expand_anneal=expand_anneal)
 
 
-__all__ = ["ONE", "build_one", "sigmoid_ramp", "TEACHERS"]
+__all__ = ["ONE", "BranchLearner", "build_one", "branch_sums", "sigmoid_ramp", "TEACHERS"]

@@ -5,7 +5,8 @@ written: this is the paper's method section as we restate it, to be checked agai
 with per-peer input augmentation, peer ensemble teacher, peer mean teachers) as restated
 below, with every choice the paper leaves open named as an option.
 
-Network (`PCLNet`): a CIFAR ResNet whose ``stem``, ``layer1`` and ``layer2`` are shared
+Network (`PCLNet`): a CIFAR ResNet (or any backbone of the shared layout,
+`cooplib.models.staged`) whose ``stem``, ``layer1`` and ``layer2`` are shared
 and whose last stage is one branch ("peer") per copy of ``layer3`` + ``pool`` + ``fc``, as
 ONE's (`cooplib.models.multibranch`), with no gate. Each peer gets its own random
 augmentation of the batch (``Learner.views`` = m; the shared layers run once on all m views
@@ -57,6 +58,7 @@ from ..base.errors import ConfigError
 from ..base.registry import METHODS
 from ..models.multibranch import BranchHead, BranchNet
 from ..models.resnet import CifarResNet
+from ..models.staged import StagedNet
 from .base import Learner, TrainState, split_views
 
 
@@ -73,8 +75,8 @@ class PCLNet(nn.Module):
         if int(branches) != branches or branches < 2:
             raise ConfigError(f"PCL needs at least 2 branches (peers), got {branches!r}")
         nets = [models.build(base, num_classes, in_channels) for _ in range(int(branches))]
-        if not isinstance(nets[0], CifarResNet):
-            raise ConfigError(f"PCL needs a CIFAR ResNet (stem/layer1..3/pool/fc), not {base!r}")
+        if not isinstance(nets[0], (CifarResNet, StagedNet)):
+            raise ConfigError(f"PCL needs a backbone of the shared layout (stem/layer1..3/pool/fc), not {base!r}")
         self.stem, self.layer1, self.layer2 = nets[0].stem, nets[0].layer1, nets[0].layer2
         self.branches = nn.ModuleList(BranchHead(n) for n in nets)
         self.feature_dim = nets[0].fc.in_features
@@ -233,7 +235,7 @@ def build_pcl(
     separate_views: bool = True,
     ema_warmup: bool = True,
 ) -> PCL:
-    """Registry factory: PCL with ``branches`` peers on the CIFAR ResNet ``model``."""
+    """Registry factory: PCL with ``branches`` peers on the backbone ``model``."""
     return PCL(PCLNet(model, num_classes, in_channels, branches), temperature=temperature, ema_decay=ema_decay,
                pe_weight=pe_weight, pm_weight=pm_weight, ramp_epochs=ramp_epochs, separate_views=separate_views,
                ema_warmup=ema_warmup)
