@@ -314,6 +314,22 @@ def test_fitnet_regressor_maps_student_layer2_to_teacher(teacher: str, student: 
     assert loss.ndim == 0 and torch.isfinite(loss)
 
 
+#: RepDistiller's benchmark pairs (README, CIFAR-100 tables 1 and 2), as in the paper profile
+REPDISTILLER_PAIRS = [("resnet56", "resnet20"), ("resnet110", "resnet32"), ("resnet32x4", "resnet8x4"),
+                      ("wrn_40_2", "wrn_16_2"), ("wrn_40_2", "wrn_40_1"), ("vgg13", "vgg8"), ("vgg13", "mobilenetv2"),
+                      ("wrn_40_2", "shufflenetv1"), ("resnet32x4", "shufflenetv1"), ("resnet32x4", "shufflenetv2")]
+
+
+@pytest.mark.parametrize("teacher, student", REPDISTILLER_PAIRS)
+def test_fitnet_regresses_every_repdistiller_pair_onto_the_teachers_hint(teacher: str, student: str):
+    s, t = build(student, 5), build(teacher, 5)
+    learner = Distill("fitnet", s, t).train()
+    x = torch.randn(2, *CIFAR)
+    _, fs = s.forward_features(x)
+    _, ft = t.forward_features(x)
+    assert learner.adapters["regressor"](fs[1]).shape == ft[1].shape  # layer2: the hint of both
+
+
 # ------------------------------------------------------------------ ONE-style multi-branch forms
 
 BRANCHED = ("wrn_16_2", "vgg8", "mobilenetv2", "shufflenetv2")  # the ResNets: tests/test_one.py
@@ -356,3 +372,10 @@ def test_one_method_trains_on_a_staged_backbone():
     loss.backward()
     assert set(heads) >= {"branch0", "branch1", "ensemble"} and torch.isfinite(loss)
     assert type(learner.deployable()).__name__ in ("BranchNet", "ShuffleNetV2")
+
+
+def test_the_paper_profile_runs_repdistillers_pairs():
+    from cooplib.base.profiles import load_profile
+
+    pairs = load_profile("paper")["notebooks"]["kd_zoo"]["teacher_student_pairs"]
+    assert [tuple(p) for p in pairs] == REPDISTILLER_PAIRS
