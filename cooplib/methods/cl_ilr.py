@@ -108,8 +108,6 @@ class CLILR(BranchLearner):
         return parts["ce/branches"] + parts["kl/branches"], parts
 
 
-
-
 @METHODS.register(
     "cl_ilr",
     ranges={"branches": (2, None), "temperature": "(0, inf)", "ce_weight": (0, None), "kl_weight": (0, None),

@@ -146,7 +146,6 @@ class MCLOKD(BranchLearner):
         return super().diagnostics(heads)
 
 
-
 @METHODS.register(
     "mcl_okd",
     ranges={"branches": (2, None), "temperature": "(0, inf)", "gamma": (0, None), "alpha": (0, None),

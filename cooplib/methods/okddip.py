@@ -145,7 +145,6 @@ class OKDDip(BranchLearner):
         return super().diagnostics(heads)
 
 
-
 @METHODS.register(
     "okddip",
     ranges={"branches": (3, None), "temperature": "(0, inf)", "alpha": (0, None), "factor": (1, None),
