@@ -12,10 +12,13 @@ JOBS ?= 2
 
 venv: $(STAMP)
 
+# pip at -qq: errors only (a machine-wide pip config naming absent package folders would
+# otherwise print a warning per package and folder)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e '.[dev]'
+	@echo "installing cooplib and its dependencies into $(VENV) (a few minutes the first time)"
+	$(PY) -m pip install -qq --upgrade pip
+	$(PY) -m pip install -qq -e '.[dev]'
 	touch $@
 
 # Execute every notebook of $(PROFILE) with papermill ($(JOBS) at once), then build the HTML book.
